@@ -1,0 +1,45 @@
+# visearch: `make demo` runs the main job on the local default, `make test` runs the tests.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+VISEARCH := $(VENV)/bin/visearch
+STAMP := $(VENV)/.installed
+
+.PHONY: setup models demo up down test test-unit lint protos bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[build,dev]'
+	touch $(STAMP)
+
+models: setup
+	$(PY) -m services.models.build --out models
+
+up: models
+	$(VISEARCH) up
+
+demo: up
+	$(VISEARCH) demo
+
+down:
+	$(VISEARCH) down
+
+test: models
+	$(PY) -m pytest -ra
+
+test-unit: setup
+	$(PY) -m pytest -ra tests/unit
+
+lint: setup
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+protos: setup
+	scripts/gen_protos.sh
+
+clean:
+	-$(VISEARCH) down
+	rm -rf .visearch models

@@ -1,0 +1,71 @@
+"""One error hierarchy for visearch, free of grpc.
+
+Cores raise these; the gRPC error interceptor (services.common.grpc_server)
+maps each class to its status code, and the Python client maps status codes
+back to the same classes, so callers on both sides of the wire catch one type.
+"""
+
+from __future__ import annotations
+
+
+class VisearchError(Exception):
+    """Base class. `status` names the gRPC status code (e.g. "INVALID_ARGUMENT")."""
+
+    status = "INTERNAL"
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.message = message
+        # False tells gRPC clients not to retry (the server already waited out the deadline).
+        self.retryable = retryable
+
+
+class InvalidArgumentError(VisearchError):
+    status = "INVALID_ARGUMENT"
+
+
+class NotFoundError(VisearchError):
+    status = "NOT_FOUND"
+
+
+class AlreadyExistsError(VisearchError):
+    status = "ALREADY_EXISTS"
+
+
+class FailedPreconditionError(VisearchError):
+    status = "FAILED_PRECONDITION"
+
+
+class ResourceExhaustedError(VisearchError):
+    status = "RESOURCE_EXHAUSTED"
+
+
+class UnavailableError(VisearchError):
+    status = "UNAVAILABLE"
+
+
+class DeadlineExceededError(VisearchError):
+    status = "DEADLINE_EXCEEDED"
+
+
+class InternalError(VisearchError):
+    status = "INTERNAL"
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; raised at start-up, never over the wire."""
+
+
+ERRORS_BY_STATUS: dict[str, type[VisearchError]] = {
+    cls.status: cls
+    for cls in (
+        InvalidArgumentError,
+        NotFoundError,
+        AlreadyExistsError,
+        FailedPreconditionError,
+        ResourceExhaustedError,
+        UnavailableError,
+        DeadlineExceededError,
+        InternalError,
+    )
+}

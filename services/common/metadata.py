@@ -1,0 +1,196 @@
+"""Metadata in Redis/Valkey (and in memory, for unit tests of cores).
+
+Keys: `col:<collection>` hash (collection config), `img:<collection>:<id>`
+hash (one image), `ids:<collection>` set (ids, for counting and listing).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import asdict, dataclass, field
+from typing import Protocol
+
+import redis
+
+from services.common.errors import UnavailableError
+
+
+@dataclass(frozen=True)
+class CollectionConfig:
+    name: str
+    model_version: str
+    shards: int
+    default_rerank: str  # "none" | "geometric"
+    local_feature_type: str
+    rerank_depth: int
+    created_at: float
+
+
+@dataclass(frozen=True)
+class ImageMeta:
+    id: str
+    sha256: str
+    label: str
+    model_version: str
+    shard: int
+    ingested_at: float
+    attributes: dict[str, str] = field(default_factory=dict)
+
+
+class MetadataStore(Protocol):
+    def create_collection(self, config: CollectionConfig) -> bool:
+        """Stores config unless the collection exists; True when created."""
+        ...
+
+    def get_collection(self, name: str) -> CollectionConfig | None: ...
+
+    def put_image(self, collection: str, meta: ImageMeta) -> bool:
+        """Writes meta; True when it replaced an existing id."""
+        ...
+
+    def get_images(self, collection: str, ids: list[str]) -> list[ImageMeta | None]: ...
+
+    def delete_image(self, collection: str, image_id: str) -> bool:
+        """True when the id existed."""
+        ...
+
+    def count_images(self, collection: str) -> int: ...
+
+
+def _meta_to_hash(meta: ImageMeta) -> dict[str, str]:
+    raw = asdict(meta)
+    raw["attributes"] = json.dumps(meta.attributes, sort_keys=True)
+    return {key: str(value) for key, value in raw.items()}
+
+
+def _meta_from_hash(raw: dict[str, str]) -> ImageMeta:
+    return ImageMeta(
+        id=raw["id"],
+        sha256=raw["sha256"],
+        label=raw.get("label", ""),
+        model_version=raw.get("model_version", ""),
+        shard=int(raw.get("shard", "0")),
+        ingested_at=float(raw.get("ingested_at", "0")),
+        attributes=json.loads(raw.get("attributes", "{}")),
+    )
+
+
+def _collection_from_hash(raw: dict[str, str]) -> CollectionConfig:
+    return CollectionConfig(
+        name=raw["name"],
+        model_version=raw["model_version"],
+        shards=int(raw["shards"]),
+        default_rerank=raw["default_rerank"],
+        local_feature_type=raw["local_feature_type"],
+        rerank_depth=int(raw["rerank_depth"]),
+        created_at=float(raw["created_at"]),
+    )
+
+
+class RedisMetadataStore:
+    def __init__(self, url: str) -> None:
+        self._redis = redis.Redis.from_url(url, decode_responses=True, socket_timeout=10)
+
+    def ping(self) -> None:
+        try:
+            self._redis.ping()
+        except redis.RedisError as exc:
+            raise UnavailableError(f"metadata store (Redis) unreachable: {exc}") from exc
+
+    def create_collection(self, config: CollectionConfig) -> bool:
+        key = f"col:{config.name}"
+        fields = {k: str(v) for k, v in asdict(config).items()}
+        try:
+            with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hsetnx(key, "name", config.name)
+                created = pipe.execute()[0]
+            if created:
+                self._redis.hset(key, mapping=fields)
+            return bool(created)
+        except redis.RedisError as exc:
+            raise UnavailableError(f"metadata store (Redis): {exc}") from exc
+
+    def get_collection(self, name: str) -> CollectionConfig | None:
+        try:
+            raw = self._redis.hgetall(f"col:{name}")
+        except redis.RedisError as exc:
+            raise UnavailableError(f"metadata store (Redis): {exc}") from exc
+        return _collection_from_hash(raw) if raw.get("created_at") else None
+
+    def put_image(self, collection: str, meta: ImageMeta) -> bool:
+        key = f"img:{collection}:{meta.id}"
+        try:
+            with self._redis.pipeline(transaction=True) as pipe:
+                pipe.exists(key)
+                pipe.delete(key)
+                pipe.hset(key, mapping=_meta_to_hash(meta))
+                pipe.sadd(f"ids:{collection}", meta.id)
+                existed = pipe.execute()[0]
+        except redis.RedisError as exc:
+            raise UnavailableError(f"metadata store (Redis): {exc}") from exc
+        return bool(existed)
+
+    def get_images(self, collection: str, ids: list[str]) -> list[ImageMeta | None]:
+        try:
+            with self._redis.pipeline(transaction=False) as pipe:
+                for image_id in ids:
+                    pipe.hgetall(f"img:{collection}:{image_id}")
+                rows = pipe.execute()
+        except redis.RedisError as exc:
+            raise UnavailableError(f"metadata store (Redis): {exc}") from exc
+        return [_meta_from_hash(row) if row else None for row in rows]
+
+    def delete_image(self, collection: str, image_id: str) -> bool:
+        try:
+            with self._redis.pipeline(transaction=True) as pipe:
+                pipe.delete(f"img:{collection}:{image_id}")
+                pipe.srem(f"ids:{collection}", image_id)
+                deleted, _ = pipe.execute()
+        except redis.RedisError as exc:
+            raise UnavailableError(f"metadata store (Redis): {exc}") from exc
+        return bool(deleted)
+
+    def count_images(self, collection: str) -> int:
+        try:
+            return int(self._redis.scard(f"ids:{collection}"))
+        except redis.RedisError as exc:
+            raise UnavailableError(f"metadata store (Redis): {exc}") from exc
+
+
+class InMemoryMetadataStore:
+    """For unit tests of cores."""
+
+    def __init__(self) -> None:
+        self._collections: dict[str, CollectionConfig] = {}
+        self._images: dict[tuple[str, str], ImageMeta] = {}
+        self._lock = threading.Lock()
+
+    def create_collection(self, config: CollectionConfig) -> bool:
+        with self._lock:
+            if config.name in self._collections:
+                return False
+            self._collections[config.name] = config
+            return True
+
+    def get_collection(self, name: str) -> CollectionConfig | None:
+        with self._lock:
+            return self._collections.get(name)
+
+    def put_image(self, collection: str, meta: ImageMeta) -> bool:
+        with self._lock:
+            existed = (collection, meta.id) in self._images
+            self._images[(collection, meta.id)] = meta
+            return existed
+
+    def get_images(self, collection: str, ids: list[str]) -> list[ImageMeta | None]:
+        with self._lock:
+            return [self._images.get((collection, image_id)) for image_id in ids]
+
+    def delete_image(self, collection: str, image_id: str) -> bool:
+        with self._lock:
+            return self._images.pop((collection, image_id), None) is not None
+
+    def count_images(self, collection: str) -> int:
+        with self._lock:
+            return sum(1 for (name, _) in self._images if name == collection)

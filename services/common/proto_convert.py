@@ -1,0 +1,65 @@
+"""Conversions between protobuf messages and numpy/domain types, shared by servicers and clients."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from services.common.errors import InvalidArgumentError
+from services.common.local_features import LocalFeatures
+from visearch.v1 import common_pb2
+
+RERANK_MODE_NAMES = {
+    common_pb2.RERANK_MODE_UNSPECIFIED: "",
+    common_pb2.RERANK_MODE_NONE: "none",
+    common_pb2.RERANK_MODE_GEOMETRIC: "geometric",
+}
+RERANK_MODES_BY_NAME = {name: mode for mode, name in RERANK_MODE_NAMES.items()}
+
+
+def vectors_to_proto(vectors: np.ndarray) -> list[common_pb2.Vector]:
+    """vectors: float32 [n, d] -> n Vector messages."""
+    return [common_pb2.Vector(values=row.tolist()) for row in np.asarray(vectors, np.float32)]
+
+
+def vectors_from_proto(messages: list[common_pb2.Vector] | object) -> np.ndarray:
+    """Vector messages -> float32 [n, d]; all must share one dimension."""
+    rows = [np.asarray(message.values, dtype=np.float32) for message in messages]  # type: ignore[attr-defined]
+    if not rows:
+        return np.zeros((0, 0), dtype=np.float32)
+    dims = {row.shape[0] for row in rows}
+    if len(dims) != 1 or 0 in dims:
+        raise InvalidArgumentError(f"vectors must share one non-zero dimension, got {sorted(dims)}")
+    return np.stack(rows)
+
+
+def local_features_to_proto(features: LocalFeatures) -> common_pb2.LocalFeatures:
+    return common_pb2.LocalFeatures(
+        feature_type=features.feature_type,
+        count=features.count,
+        dims=features.dims,
+        keypoints=np.ascontiguousarray(features.keypoints, dtype="<f4").tobytes(),
+        scores=np.ascontiguousarray(features.scores, dtype="<f4").tobytes(),
+        descriptors=np.ascontiguousarray(features.descriptors, dtype="<f4").tobytes(),
+        image_width=features.image_width,
+        image_height=features.image_height,
+    )
+
+
+def local_features_from_proto(message: common_pb2.LocalFeatures) -> LocalFeatures:
+    n, d = message.count, message.dims
+    try:
+        keypoints = np.frombuffer(message.keypoints, dtype="<f4").reshape(n, 2)
+        scores = np.frombuffer(message.scores, dtype="<f4").reshape(n)
+        descriptors = np.frombuffer(message.descriptors, dtype="<f4").reshape(n, d)
+    except ValueError as exc:
+        raise InvalidArgumentError(
+            f"local features do not match their declared shape [{n}, {d}]: {exc}"
+        ) from exc
+    return LocalFeatures(
+        feature_type=message.feature_type,
+        keypoints=keypoints.astype(np.float32),
+        scores=scores.astype(np.float32),
+        descriptors=descriptors.astype(np.float32),
+        image_width=message.image_width,
+        image_height=message.image_height,
+    )

@@ -1,0 +1,143 @@
+"""Entry point: python -m services.embedder.main (configured by environment)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from services.common.config import (
+    ObjectStoreConfig,
+    ServerConfig,
+    env_float,
+    env_int,
+    env_list,
+    env_str,
+)
+from services.common.errors import ConfigError
+from services.common.grpc_server import LoadingSlot, serve_forever
+from services.common.imaging import ImageLimits
+from services.common.logging_setup import configure_logging
+from services.common.metrics import ServiceMetrics
+from services.common.model_registry import ModelManifest, fetch, load_local
+from services.common.objectstore import S3ObjectStore
+from services.embedder.core import BatchingSettings, EmbedderCore, GlobalModel, create_session
+from services.embedder.servicer import EmbedderServicer
+from visearch.v1 import embedder_pb2, embedder_pb2_grpc
+
+DEFAULT_PORT = 50052
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+@dataclass(frozen=True)
+class EmbedderConfig:
+    server: ServerConfig
+    providers: tuple[str, ...]
+    # Either a local model folder, or a version fetched from the registry.
+    model_dir: str
+    model_version: str
+    model_cache_dir: str
+    object_store: ObjectStoreConfig | None
+    intra_op_threads: int
+    batching: BatchingSettings
+    max_image_bytes: int
+    max_local_features: int
+    log_level: str
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> EmbedderConfig:
+        server = ServerConfig.from_env(env, "embedder", DEFAULT_PORT)
+        model_dir = env.get("VISEARCH_MODEL_DIR", "")
+        model_version = env.get("VISEARCH_MODEL_VERSION", "")
+        if not model_dir and not model_version:
+            raise ConfigError("set VISEARCH_MODEL_DIR or VISEARCH_MODEL_VERSION")
+        providers = env_list(
+            env, "VISEARCH_ORT_PROVIDERS", "CUDAExecutionProvider,CPUExecutionProvider"
+        )
+        return cls(
+            server=server,
+            providers=providers,
+            model_dir=model_dir,
+            model_version=model_version,
+            model_cache_dir=env_str(
+                env, "VISEARCH_MODEL_CACHE", str(Path.home() / ".cache" / "visearch" / "models")
+            ),
+            object_store=None if model_dir else ObjectStoreConfig.from_env(env),
+            intra_op_threads=env_int(env, "VISEARCH_ORT_THREADS", 0, minimum=0),
+            batching=BatchingSettings(
+                max_batch=env_int(env, "VISEARCH_MAX_BATCH", 16, minimum=1, maximum=512),
+                max_wait_ms=env_float(env, "VISEARCH_MAX_WAIT_MS", 5.0, minimum=0.0),
+            ),
+            max_image_bytes=server.max_image_bytes,
+            max_local_features=env_int(env, "VISEARCH_MAX_LOCAL_FEATURES", 1000, minimum=16),
+            log_level=env_str(env, "VISEARCH_LOG_LEVEL", "INFO"),
+        )
+
+
+def load_model(config: EmbedderConfig) -> GlobalModel:
+    manifest: ModelManifest
+    if config.model_dir:
+        manifest, path = load_local(Path(config.model_dir))
+    else:
+        assert config.object_store is not None
+        store = S3ObjectStore(
+            config.object_store.endpoint,
+            config.object_store.access_key,
+            config.object_store.secret_key,
+            secure=config.object_store.secure,
+        )
+        manifest, path = fetch(
+            store,
+            config.object_store.models_bucket,
+            "global",
+            config.model_version,
+            Path(config.model_cache_dir),
+        )
+    return GlobalModel(manifest, create_session(path, config.providers, config.intra_op_threads))
+
+
+def build_core(config: EmbedderConfig, metrics: ServiceMetrics) -> EmbedderCore:
+    batch_size = metrics.histogram(
+        "batch_size_images", "Images per model run.", buckets=BATCH_SIZE_BUCKETS
+    )
+    queue_seconds = metrics.histogram("queue_duration_seconds", "Wait before a model run.")
+    provider = metrics.gauge("provider_info", "Active ONNX Runtime provider.", ("provider",))
+    model = load_model(config)
+    provider.labels(model.providers[0]).set(1)
+
+    def on_batch(rows: int, queued: float) -> None:
+        batch_size.observe(rows)
+        queue_seconds.observe(queued)
+
+    return EmbedderCore(
+        model,
+        ImageLimits(max_bytes=config.max_image_bytes),
+        config.batching,
+        config.max_local_features,
+        on_batch=on_batch,
+    )
+
+
+def add_embedder(server: grpc.Server, slot: LoadingSlot[EmbedderCore]) -> list[str]:
+    embedder_pb2_grpc.add_EmbedderServicer_to_server(EmbedderServicer(slot), server)
+    return [embedder_pb2.DESCRIPTOR.services_by_name["Embedder"].full_name]
+
+
+def main() -> None:
+    config = EmbedderConfig.from_env(os.environ)
+    configure_logging("embedder", config.log_level)
+    metrics = ServiceMetrics("embedder")
+    slot: LoadingSlot[EmbedderCore] = LoadingSlot("the embedding model")
+    serve_forever(
+        config.server,
+        metrics,
+        lambda server: add_embedder(server, slot),
+        load=lambda: slot.set(build_core(config, metrics)),
+    )
+
+
+if __name__ == "__main__":
+    main()

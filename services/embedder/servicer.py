@@ -1,0 +1,47 @@
+"""gRPC adapter for the embedder core."""
+
+from __future__ import annotations
+
+import grpc
+
+from services.common.grpc_server import LoadingSlot
+from services.common.proto_convert import local_features_to_proto, vectors_to_proto
+from services.embedder.core import EmbedderCore
+from visearch.v1 import embedder_pb2, embedder_pb2_grpc
+
+
+class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
+    def __init__(self, slot: LoadingSlot[EmbedderCore]) -> None:
+        self._slot = slot
+
+    def EmbedGlobal(
+        self, request: embedder_pb2.EmbedGlobalRequest, context: grpc.ServicerContext
+    ) -> embedder_pb2.EmbedGlobalResponse:
+        core = self._slot.get()
+        embeddings = core.embed_global(list(request.images), timeout=context.time_remaining())
+        return embedder_pb2.EmbedGlobalResponse(
+            embeddings=vectors_to_proto(embeddings),
+            dims=core.dims,
+            model_version=core.model_version,
+        )
+
+    def ExtractLocal(
+        self, request: embedder_pb2.ExtractLocalRequest, context: grpc.ServicerContext
+    ) -> embedder_pb2.ExtractLocalResponse:
+        features = self._slot.get().extract_local(
+            list(request.images), request.feature_type, request.max_features
+        )
+        return embedder_pb2.ExtractLocalResponse(
+            features=[local_features_to_proto(f) for f in features]
+        )
+
+    def Stats(
+        self, request: embedder_pb2.EmbedderStatsRequest, context: grpc.ServicerContext
+    ) -> embedder_pb2.EmbedderStatsResponse:
+        core = self._slot.get()
+        return embedder_pb2.EmbedderStatsResponse(
+            model_version=core.model_version,
+            dims=core.dims,
+            providers=core.model.providers,
+            images_embedded=core.images_embedded,
+        )

@@ -1,0 +1,136 @@
+"""Entry point: python -m services.gateway.main (configured by environment)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import grpc
+
+from services.common.config import (
+    ObjectStoreConfig,
+    ServerConfig,
+    env_float,
+    env_int,
+    env_list,
+    env_str,
+)
+from services.common.errors import ConfigError, UnavailableError
+from services.common.grpc_client import call
+from services.common.grpc_server import LoadingSlot, serve_forever
+from services.common.logging_setup import configure_logging
+from services.common.metadata import RedisMetadataStore
+from services.common.metrics import ServiceMetrics
+from services.common.objectstore import S3ObjectStore
+from services.gateway.clients import GrpcEmbedder, GrpcShard, GrpcVerifier
+from services.gateway.core import GatewayCore, GatewaySettings, Services
+from services.gateway.servicer import GatewayServicer
+from visearch.v1 import embedder_pb2, embedder_pb2_grpc, gateway_pb2, gateway_pb2_grpc
+
+DEFAULT_PORT = 50051
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    server: ServerConfig
+    object_store: ObjectStoreConfig
+    redis_url: str
+    embedder_address: str
+    shard_addresses: tuple[str, ...]
+    verifier_address: str
+    default_timeout_s: float
+    rerank_depth: int
+    startup_timeout_s: float
+    log_level: str
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> GatewayConfig:
+        shards = env_list(env, "VISEARCH_SHARD_ADDRS", "")
+        if not shards:
+            raise ConfigError("VISEARCH_SHARD_ADDRS must list the indexer shards, in shard order")
+        return cls(
+            server=ServerConfig.from_env(env, "gateway", DEFAULT_PORT),
+            object_store=ObjectStoreConfig.from_env(env),
+            redis_url=env_str(env, "VISEARCH_REDIS_URL"),
+            embedder_address=env_str(env, "VISEARCH_EMBEDDER_ADDR"),
+            shard_addresses=shards,
+            verifier_address=env_str(env, "VISEARCH_VERIFIER_ADDR"),
+            default_timeout_s=env_float(env, "VISEARCH_DEFAULT_TIMEOUT_S", 30.0, minimum=0.01),
+            rerank_depth=env_int(env, "VISEARCH_RERANK_DEPTH", 50, minimum=1, maximum=1000),
+            startup_timeout_s=env_float(env, "VISEARCH_STARTUP_TIMEOUT_S", 120.0, minimum=1.0),
+            log_level=env_str(env, "VISEARCH_LOG_LEVEL", "INFO"),
+        )
+
+
+def wait_for_model_version(embedder: GrpcEmbedder, timeout_s: float) -> str:
+    """The embedder's model version; collections created here are bound to it."""
+    stub = embedder_pb2_grpc.EmbedderStub(embedder.channel)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            stats = call(
+                stub.Stats, embedder_pb2.EmbedderStatsRequest(), timeout=5, peer="embedder"
+            )
+            return stats.model_version
+        except UnavailableError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def build_core(config: GatewayConfig) -> GatewayCore:
+    store = S3ObjectStore(
+        config.object_store.endpoint,
+        config.object_store.access_key,
+        config.object_store.secret_key,
+        secure=config.object_store.secure,
+    )
+    store.ensure_buckets(config.object_store.buckets)
+    metadata = RedisMetadataStore(config.redis_url)
+    metadata.ping()
+    limit = config.server.max_message_bytes
+    embedder = GrpcEmbedder(config.embedder_address, limit)
+    model_version = wait_for_model_version(embedder, config.startup_timeout_s)
+    services = Services(
+        embedder=embedder,
+        shards=[GrpcShard(i, address, limit) for i, address in enumerate(config.shard_addresses)],
+        verifier=GrpcVerifier(config.verifier_address, limit),
+        store=store,
+        metadata=metadata,
+    )
+    settings = GatewaySettings(
+        images_bucket=config.object_store.images_bucket,
+        features_bucket=config.object_store.features_bucket,
+        max_image_bytes=config.server.max_image_bytes,
+        model_version=model_version,
+        default_timeout_s=config.default_timeout_s,
+        default_rerank_depth=config.rerank_depth,
+    )
+    log.info("gateway ready", extra={"fields": {"model_version": model_version}})
+    return GatewayCore(services, settings)
+
+
+def add_gateway(server: grpc.Server, slot: LoadingSlot[GatewayCore]) -> list[str]:
+    gateway_pb2_grpc.add_GatewayServicer_to_server(GatewayServicer(slot), server)
+    return [gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name]
+
+
+def main() -> None:
+    config = GatewayConfig.from_env(os.environ)
+    configure_logging("gateway", config.log_level)
+    metrics = ServiceMetrics("gateway")
+    slot: LoadingSlot[GatewayCore] = LoadingSlot("the gateway")
+    serve_forever(
+        config.server,
+        metrics,
+        lambda server: add_gateway(server, slot),
+        load=lambda: slot.set(build_core(config)),
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""gRPC adapter for the shard core."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+
+from services.common.errors import InvalidArgumentError
+from services.common.metrics import ServiceMetrics
+from services.common.proto_convert import vectors_from_proto
+from services.indexer.core import Shard
+from visearch.v1 import indexer_pb2, indexer_pb2_grpc
+
+
+class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
+    def __init__(self, shard: Shard, metrics: ServiceMetrics) -> None:
+        self._shard = shard
+        shard_label = str(shard.shard_id)
+        self._size = metrics.gauge(
+            "index_size_vectors", "Vectors held per collection.", ("shard", "collection")
+        )
+        self._search_seconds = metrics.histogram(
+            "search_duration_seconds", "Index search time per batch.", ("shard", "method")
+        )
+        self._shard_label = shard_label
+
+    def Upsert(
+        self, request: indexer_pb2.UpsertRequest, context: grpc.ServicerContext
+    ) -> indexer_pb2.UpsertResponse:
+        vectors = vectors_from_proto(request.vectors)
+        if len(request.ids) != len(vectors):
+            raise InvalidArgumentError(f"{len(request.ids)} ids but {len(vectors)} vectors")
+        size = self._shard.upsert(request.collection, list(request.ids), vectors)
+        self._size.labels(self._shard_label, request.collection).set(size)
+        return indexer_pb2.UpsertResponse(upserted=len(request.ids), size=size)
+
+    def Delete(
+        self, request: indexer_pb2.IndexDeleteRequest, context: grpc.ServicerContext
+    ) -> indexer_pb2.IndexDeleteResponse:
+        deleted, size = self._shard.delete(request.collection, list(request.ids))
+        self._size.labels(self._shard_label, request.collection).set(size)
+        return indexer_pb2.IndexDeleteResponse(deleted=deleted, size=size)
+
+    def Search(
+        self, request: indexer_pb2.IndexSearchRequest, context: grpc.ServicerContext
+    ) -> indexer_pb2.IndexSearchResponse:
+        queries = vectors_from_proto(request.queries)
+        if len(queries) == 0:
+            raise InvalidArgumentError("search needs at least one query vector")
+        start = time.perf_counter()
+        results, method = self._shard.search(request.collection, queries, request.k)
+        self._search_seconds.labels(self._shard_label, method).observe(time.perf_counter() - start)
+        return indexer_pb2.IndexSearchResponse(
+            shard=self._shard.shard_id,
+            method=method,
+            results=[
+                indexer_pb2.NeighborList(
+                    neighbors=[indexer_pb2.Neighbor(id=n.id, score=n.score) for n in neighbors]
+                )
+                for neighbors in results
+            ],
+        )
+
+    def Stats(
+        self, request: indexer_pb2.IndexStatsRequest, context: grpc.ServicerContext
+    ) -> indexer_pb2.IndexStatsResponse:
+        return indexer_pb2.IndexStatsResponse(
+            shard=self._shard.shard_id,
+            collections=[
+                indexer_pb2.CollectionIndexStats(
+                    collection=s.collection, size=s.size, dims=s.dims, method=s.method
+                )
+                for s in self._shard.stats(request.collection)
+            ],
+        )

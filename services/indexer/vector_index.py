@@ -1,0 +1,188 @@
+"""One collection's vectors on one shard: exact search while small, ScaNN once large.
+
+Vectors are L2-normalised float32; the score is the inner product (cosine).
+The dense matrix is the source of truth; the ScaNN searcher, once built, is
+kept in step with every upsert and delete through its string docids.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+import scann
+
+from services.common.errors import InvalidArgumentError
+
+MAX_K = 1000
+INITIAL_CAPACITY = 1024
+
+
+@dataclass(frozen=True)
+class ScannParams:
+    """Tree + asymmetric hashing + exact re-order (ScaNN's recommended recipe)."""
+
+    num_leaves: int
+    leaves_to_search: int
+    training_sample_size: int
+    dims_per_block: int = 2
+    anisotropic_quantization_threshold: float = 0.2
+    reorder: int = 200
+
+
+def scann_params_for(size: int) -> ScannParams:
+    """Partitioning scaled with the shard: about sqrt(n) leaves, searching ~5% of them."""
+    num_leaves = max(16, min(4000, int(math.sqrt(size))))
+    return ScannParams(
+        num_leaves=num_leaves,
+        leaves_to_search=max(8, num_leaves // 20),
+        training_sample_size=min(size, 250_000),
+    )
+
+
+@dataclass(frozen=True)
+class Neighbor:
+    id: str
+    score: float
+
+
+class VectorIndex:
+    """Thread-safe index of (id -> vector [dims] float32) for one collection."""
+
+    def __init__(self, dims: int, exact_threshold: int) -> None:
+        self.dims = dims
+        self.exact_threshold = exact_threshold
+        self._matrix = np.zeros((INITIAL_CAPACITY, dims), dtype=np.float32)
+        self._live = np.zeros(INITIAL_CAPACITY, dtype=bool)
+        self._ids: list[str | None] = [None] * INITIAL_CAPACITY
+        self._row_of: dict[str, int] = {}
+        self._free_rows: list[int] = []
+        self._high_water = 0
+        self._scann: scann.scann_ops_pybind.ScannSearcher | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def size(self) -> int:
+        return len(self._row_of)
+
+    @property
+    def method(self) -> str:
+        return "scann" if self._use_scann() else "exact"
+
+    def _use_scann(self) -> bool:
+        return self._scann is not None and self.size >= self.exact_threshold
+
+    def upsert(self, ids: list[str], vectors: np.ndarray) -> None:
+        """vectors: float32 [n, dims], L2-normalised. An existing id is replaced."""
+        vectors = self._check_vectors(vectors, "vectors")
+        if len(ids) != vectors.shape[0]:
+            raise InvalidArgumentError(f"{len(ids)} ids but {vectors.shape[0]} vectors")
+        with self._lock:
+            for image_id, vector in zip(ids, vectors, strict=True):
+                row = self._row_of.get(image_id)
+                if row is None:
+                    row = self._take_row()
+                    self._row_of[image_id] = row
+                    self._ids[row] = image_id
+                    self._live[row] = True
+                self._matrix[row] = vector
+            if self._scann is not None:
+                self._scann.upsert(list(ids), vectors)
+            elif self.size >= self.exact_threshold:
+                self._build_scann()
+
+    def delete(self, ids: list[str]) -> int:
+        """Removes ids; returns how many existed."""
+        with self._lock:
+            present = [image_id for image_id in ids if image_id in self._row_of]
+            for image_id in present:
+                row = self._row_of.pop(image_id)
+                self._live[row] = False
+                self._ids[row] = None
+                self._free_rows.append(row)
+            if self._scann is not None and present:
+                self._scann.delete(present)
+            return len(present)
+
+    def search(self, queries: np.ndarray, k: int) -> list[list[Neighbor]]:
+        """queries: float32 [q, dims]; returns q lists of up to k neighbours, best first."""
+        queries = self._check_vectors(queries, "queries")
+        if not 1 <= k <= MAX_K:
+            raise InvalidArgumentError(f"k must be in 1..{MAX_K}, got {k}")
+        with self._lock:
+            if self.size == 0:
+                return [[] for _ in range(queries.shape[0])]
+            if self._use_scann():
+                return self._search_scann(queries, min(k, self.size))
+            return self._search_exact(queries, min(k, self.size))
+
+    def _search_exact(self, queries: np.ndarray, k: int) -> list[list[Neighbor]]:
+        rows = self._high_water
+        scores = queries @ self._matrix[:rows].T
+        scores[:, ~self._live[:rows]] = -np.inf
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        results = []
+        for query_index, candidates in enumerate(top):
+            ordered = candidates[np.argsort(-scores[query_index, candidates], kind="stable")]
+            results.append(
+                [Neighbor(self._ids[row] or "", float(scores[query_index, row])) for row in ordered]
+            )
+        return results
+
+    def _search_scann(self, queries: np.ndarray, k: int) -> list[list[Neighbor]]:
+        assert self._scann is not None
+        ids, scores = self._scann.search_batched(queries, final_num_neighbors=k)
+        return [
+            [Neighbor(str(i), float(s)) for i, s in zip(row_ids, row_scores, strict=True)]
+            for row_ids, row_scores in zip(ids, scores, strict=True)
+        ]
+
+    def _build_scann(self) -> None:
+        live_rows = np.flatnonzero(self._live[: self._high_water])
+        data = np.ascontiguousarray(self._matrix[live_rows])
+        docids = [self._ids[row] or "" for row in live_rows]
+        params = scann_params_for(len(docids))
+        self._scann = (
+            scann.scann_ops_pybind.builder(data, 10, "dot_product")
+            .tree(
+                num_leaves=params.num_leaves,
+                num_leaves_to_search=params.leaves_to_search,
+                training_sample_size=params.training_sample_size,
+            )
+            .score_ah(
+                params.dims_per_block,
+                anisotropic_quantization_threshold=params.anisotropic_quantization_threshold,
+            )
+            .reorder(params.reorder)
+            .build(docids=docids)
+        )
+
+    def _take_row(self) -> int:
+        if self._free_rows:
+            return self._free_rows.pop()
+        if self._high_water == self._matrix.shape[0]:
+            self._grow()
+        row = self._high_water
+        self._high_water += 1
+        return row
+
+    def _grow(self) -> None:
+        capacity = self._matrix.shape[0] * 2
+        matrix = np.zeros((capacity, self.dims), dtype=np.float32)
+        matrix[: self._high_water] = self._matrix[: self._high_water]
+        live = np.zeros(capacity, dtype=bool)
+        live[: self._high_water] = self._live[: self._high_water]
+        self._matrix, self._live = matrix, live
+        self._ids.extend([None] * (capacity - len(self._ids)))
+
+    def _check_vectors(self, vectors: np.ndarray, what: str) -> np.ndarray:
+        array = np.asarray(vectors, dtype=np.float32)
+        if array.ndim != 2 or array.shape[1] != self.dims:
+            raise InvalidArgumentError(
+                f"{what} must have shape [n, {self.dims}], got {list(array.shape)}"
+            )
+        if not np.isfinite(array).all():
+            raise InvalidArgumentError(f"{what} contain NaN or infinite values")
+        return np.ascontiguousarray(array)

@@ -1,0 +1,177 @@
+"""Export :class:`GlobalEmbeddingModel` to ONNX, verify it against torch, write its manifest."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from services.models.global_model import EMBEDDING_DIMS, GEM_P, GlobalEmbeddingModel
+from services.models.weights import WEIGHTS_SHA256, ensure_mobilenet_v2_weights, sha256_file
+
+INPUT_NAME = "images"
+OUTPUT_NAME = "embeddings"
+OPSET = 17
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+VERIFY_ATOL = 1e-4
+
+
+class ExportError(RuntimeError):
+    """The exported ONNX model does not reproduce the torch model."""
+
+
+def export_onnx(
+    model: nn.Module, path: Path, input_size: tuple[int, int], opset: int = OPSET
+) -> None:
+    """Write ``model`` as ONNX: input ``images`` [N,3,H,W] float32 → ``embeddings`` [N,D] float32.
+
+    The batch axis is dynamic; H and W are fixed to ``input_size``. Uses the TorchScript
+    exporter (``dynamo=False``): it needs no onnxscript and gives a single self-contained file.
+    """
+    h, w = input_size
+    dummy = torch.zeros(1, 3, h, w, dtype=torch.float32)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            model.eval(),
+            (dummy,),
+            str(path),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+
+
+def normalise(images01: np.ndarray) -> np.ndarray:
+    """[N,3,H,W] float RGB in [0,1] → [N,3,H,W] float32 ImageNet mean/std normalised."""
+    mean = np.asarray(IMAGENET_MEAN, dtype=np.float32).reshape(1, 3, 1, 1)
+    std = np.asarray(IMAGENET_STD, dtype=np.float32).reshape(1, 3, 1, 1)
+    return ((images01.astype(np.float32) - mean) / std).astype(np.float32)
+
+
+def photo_like_batch(n: int, input_size: tuple[int, int], seed: int = 0) -> np.ndarray:
+    """Synthetic photo-like images, normalised: [n,3,H,W] float32.
+
+    Smooth random colour fields plus a few hard-edged rectangles, so activations have the
+    sparsity and range of real images (pure Gaussian noise does not).
+    """
+    h, w = input_size
+    rng = np.random.default_rng(seed)
+    coarse = torch.from_numpy(rng.random((n, 3, 8, 8), dtype=np.float32))
+    img = nn.functional.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=False)
+    img = img.clamp(0.0, 1.0).numpy().copy()
+    for i in range(n):
+        for _ in range(6):
+            y0, x0 = int(rng.integers(0, h - 8)), int(rng.integers(0, w - 8))
+            y1, x1 = int(rng.integers(y0 + 4, h)), int(rng.integers(x0 + 4, w))
+            img[i, :, y0:y1, x0:x1] = rng.random((3, 1, 1))
+    img += rng.normal(0.0, 0.02, img.shape).astype(np.float32)
+    return normalise(np.clip(img, 0.0, 1.0))
+
+
+def verify_onnx(
+    model: nn.Module, path: Path, input_size: tuple[int, int], atol: float = VERIFY_ATOL
+) -> float:
+    """Compare ONNX Runtime (CPU) with torch on random and photo-like batches (sizes 2 and 3).
+
+    Returns the max abs difference of the embeddings; raises :class:`ExportError` above ``atol``
+    or when the outputs are not [N, EMBEDDING_DIMS] float32 with unit norm.
+    """
+    import onnx
+    import onnxruntime as ort
+
+    onnx.checker.check_model(str(path))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(1)
+    h, w = input_size
+    batches = [
+        rng.standard_normal((2, 3, h, w), dtype=np.float32),
+        photo_like_batch(3, input_size, seed=2),
+    ]
+    worst = 0.0
+    for x in batches:
+        (got,) = session.run([OUTPUT_NAME], {INPUT_NAME: x})
+        with torch.no_grad():
+            want = model.eval()(torch.from_numpy(x)).numpy()
+        if got.shape != (x.shape[0], EMBEDDING_DIMS) or got.dtype != np.float32:
+            raise ExportError(f"unexpected ONNX output {got.shape} {got.dtype}")
+        if not np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-4):
+            raise ExportError("ONNX embeddings are not L2-normalised")
+        worst = max(worst, float(np.abs(got - want).max()))
+    if worst >= atol:
+        raise ExportError(f"ONNX output differs from torch by {worst:.3g} (limit {atol:g})")
+    return worst
+
+
+def make_manifest(
+    name: str, version: str, model_sha256: str, input_size: tuple[int, int]
+) -> dict[str, Any]:
+    """Manifest describing ``model.onnx`` and the preprocessing the embedder must apply."""
+    return {
+        "name": name,
+        "version": version,
+        "kind": "global",
+        "sha256": model_sha256,
+        "input_name": INPUT_NAME,
+        "output_name": OUTPUT_NAME,
+        "input_size": [int(input_size[0]), int(input_size[1])],
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+        "output_dims": EMBEDDING_DIMS,
+        "pooling": {"type": "gem", "p": GEM_P},
+        "preprocess": {
+            "resize": "stretch",  # whole image resized to input_size, aspect ratio not kept
+            "interpolation": "area",  # cv2.INTER_AREA (antialiased downscale)
+            "color": "RGB",
+            "scale": 1.0 / 255.0,
+            "layout": "NCHW",
+        },
+        "opset": OPSET,
+        "weights_sha256": WEIGHTS_SHA256,
+        "parent_version": None,
+        "created_by": "services.models.build",
+    }
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file and rename."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def export_global_model(
+    onnx_path: Path,
+    manifest_path: Path,
+    name: str,
+    version: str,
+    input_size: tuple[int, int],
+    weights_cache: Path | None = None,
+) -> tuple[dict[str, Any], float]:
+    """Build, export and verify the global model; write ``onnx_path`` then ``manifest_path``.
+
+    The manifest is written last, so a manifest always describes a complete, verified model.
+    Returns the manifest and the max abs difference ONNX vs torch seen in verification.
+    """
+    onnx_path.parent.mkdir(parents=True, exist_ok=True)
+    model = GlobalEmbeddingModel.from_weights(ensure_mobilenet_v2_weights(weights_cache))
+    tmp_onnx = onnx_path.with_name(f".{onnx_path.name}.{os.getpid()}.tmp")
+    try:
+        export_onnx(model, tmp_onnx, input_size)
+        max_diff = verify_onnx(model, tmp_onnx, input_size)
+        os.replace(tmp_onnx, onnx_path)
+    finally:
+        tmp_onnx.unlink(missing_ok=True)
+    manifest = make_manifest(name, version, sha256_file(onnx_path), input_size)
+    _write_atomic(manifest_path, (json.dumps(manifest, indent=2) + "\n").encode())
+    return manifest, max_diff

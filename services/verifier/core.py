@@ -1,0 +1,206 @@
+"""Geometric re-ranking of global-search candidates (service core, no grpc).
+
+For each candidate the verifier reads its stored local features (through a byte-bounded LRU
+cache), verifies them against the query's (``geometry.verify_pair``) and fuses the evidence
+with the global score (``fusion.fused_score``). Candidates are verified in parallel: the
+matrix product and the robust fit release the GIL. BLAS is limited to one thread per call
+(``single_threaded_blas``) because the parallelism is across candidates; letting every worker
+spawn BLAS threads oversubscribes the cores (measured ~4x slower on 2 cores).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from threadpoolctl import threadpool_limits
+
+from services.common.errors import ConfigError, InvalidArgumentError, NotFoundError
+from services.common.local_features import LocalFeatures, feature_key
+from services.common.objectstore import ObjectStore
+from services.verifier.fusion import FusionSettings, fused_score
+from services.verifier.geometry import GeometricEvidence, GeometrySettings, verify_pair
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CACHE_BYTES = 512 * 1024 * 1024  # ~1000 candidates at 1000 RootSIFT features each
+DEFAULT_MAX_WORKERS = 8
+ENTRY_OVERHEAD_BYTES = 512  # dataclass, array headers and the cache's own bookkeeping
+REASON_NO_FEATURES = "no local features"
+REASON_BAD_FEATURES = "unreadable local features"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A global-search hit: image id, content hash and global similarity (higher is better)."""
+
+    id: str
+    sha256: str
+    global_score: float
+
+
+@dataclass(frozen=True)
+class RerankedCandidate:
+    """A candidate after re-ranking; ``reason`` explains the score in a few words."""
+
+    id: str
+    score: float
+    global_score: float
+    inliers: int
+    matches: int
+    inlier_ratio: float
+    reason: str
+
+
+class FeatureCache:
+    """Thread-safe LRU cache of LocalFeatures bounded by the bytes of their arrays."""
+
+    def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+        if max_bytes < 0:
+            raise ConfigError("feature cache size must be >= 0 bytes")
+        self._max_bytes = max_bytes
+        self._entries: OrderedDict[str, tuple[LocalFeatures, int]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    @property
+    def bytes_used(self) -> int:
+        with self._lock:
+            return self._bytes
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+    def __contains__(self, key: str) -> bool:
+        with self._lock:
+            return key in self._entries
+
+    def get(self, key: str) -> LocalFeatures | None:
+        """The cached features (now most recently used), or None."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                self.misses += 1
+                return None
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return entry[0]
+
+    def put(self, key: str, features: LocalFeatures) -> None:
+        """Insert, evicting least recently used entries; an entry over the bound is not kept."""
+        size = features.nbytes + ENTRY_OVERHEAD_BYTES
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self._bytes -= old[1]
+            if size > self._max_bytes:
+                return
+            self._entries[key] = (features, size)
+            self._bytes += size
+            while self._bytes > self._max_bytes:
+                _, (_, evicted_size) = self._entries.popitem(last=False)
+                self._bytes -= evicted_size
+
+    def get_or_load(self, key: str, store: ObjectStore) -> LocalFeatures:
+        """Cached features, else read and parse them from the store (NotFoundError passes)."""
+        features = self.get(key)
+        if features is None:
+            features = LocalFeatures.from_npz(store.get(key))
+            self.put(key, features)
+        return features
+
+
+class GeometricReranker:
+    """Re-ranks candidates by global score fused with geometric verification."""
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        geometry: GeometrySettings,
+        fusion: FusionSettings,
+        cache: FeatureCache,
+        max_workers: int = DEFAULT_MAX_WORKERS,
+        single_threaded_blas: bool = True,
+    ) -> None:
+        if fusion.min_inliers != geometry.min_inliers:
+            raise ConfigError(
+                f"fusion.min_inliers ({fusion.min_inliers}) must equal "
+                f"geometry.min_inliers ({geometry.min_inliers})"
+            )
+        if max_workers <= 0:
+            raise ConfigError("max_workers must be positive")
+        self._store = store
+        self._geometry = geometry
+        self._fusion = fusion
+        self._cache = cache
+        self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="verify")
+        if single_threaded_blas:
+            threadpool_limits(limits=1, user_api="blas")  # process-wide, see module docstring
+
+    def close(self) -> None:
+        """Stop the worker threads (waits for running verifications)."""
+        self._executor.shutdown(wait=True)
+
+    def __enter__(self) -> GeometricReranker:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def rerank(self, query: LocalFeatures, candidates: list[Candidate]) -> list[RerankedCandidate]:
+        """All candidates, best fused score first; ties keep the input (global) order."""
+        results = list(self._executor.map(lambda c: self._score(query, c), candidates))
+        order = sorted(range(len(results)), key=lambda i: (-results[i].score, i))
+        return [results[i] for i in order]
+
+    def _score(self, query: LocalFeatures, candidate: Candidate) -> RerankedCandidate:
+        key = feature_key(query.feature_type, candidate.sha256)
+        try:
+            features = self._cache.get_or_load(key, self._store)
+        except NotFoundError:
+            return _unverified(candidate, REASON_NO_FEATURES)
+        except InvalidArgumentError as exc:
+            log.warning("candidate %s: cannot parse %s: %s", candidate.id, key, exc)
+            return _unverified(candidate, REASON_BAD_FEATURES)
+        evidence = verify_pair(query, features, self._geometry)
+        return RerankedCandidate(
+            id=candidate.id,
+            score=fused_score(candidate.global_score, evidence, self._fusion),
+            global_score=candidate.global_score,
+            inliers=evidence.inliers,
+            matches=evidence.matches,
+            inlier_ratio=evidence.inlier_ratio,
+            reason=self._reason(candidate.global_score, evidence),
+        )
+
+    def _reason(self, global_score: float, evidence: GeometricEvidence) -> str:
+        head = f"global {global_score:.2f}"
+        if evidence.inliers >= self._geometry.min_inliers:
+            return (
+                f"{head} + {evidence.inliers} inliers "
+                f"({self._geometry.model}, ratio {evidence.inlier_ratio:.2f})"
+            )
+        if evidence.inliers > 0:
+            return (
+                f"{head}; {evidence.inliers} inliers of {evidence.matches} matches, "
+                f"too few (need {self._geometry.min_inliers})"
+            )
+        return f"{head}; no geometric fit ({evidence.matches} matches)"
+
+
+def _unverified(candidate: Candidate, reason: str) -> RerankedCandidate:
+    return RerankedCandidate(
+        id=candidate.id,
+        score=float(candidate.global_score),
+        global_score=float(candidate.global_score),
+        inliers=0,
+        matches=0,
+        inlier_ratio=0.0,
+        reason=reason,
+    )

@@ -1,0 +1,36 @@
+"""A real local stack (Valkey, SeaweedFS S3, embedder, 2 shards, verifier, gateway) per session."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from visearch import localstack
+from visearch.client import VisearchClient
+
+ROOT = Path(__file__).resolve().parents[2]
+DATASETS = ROOT.parent / "shared" / "datasets"
+
+
+def ensure_models() -> Path:
+    from services.models import build
+
+    models = Path(os.environ.get("VISEARCH_MODELS_DIR", ROOT / "models"))
+    if not list((models / "global").glob("*/manifest.json")):
+        build.main(["--out", str(models)])
+    return models
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory):
+    models = ensure_models()
+    state_dir = tmp_path_factory.mktemp("stack")
+    state = localstack.up(state_dir, shards=2, models_dir=models)
+    yield state
+    localstack.down(state_dir)
+
+
+@pytest.fixture(scope="session")
+def client(stack):
+    with VisearchClient(stack.gateway, timeout_s=120) as c:
+        yield c

@@ -1,0 +1,170 @@
+"""End to end on real parts: Valkey, SeaweedFS S3, ONNX Runtime, ScaNN, gRPC servers."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+from minio import Minio
+
+from services.common.errors import (
+    InvalidArgumentError,
+    NotFoundError,
+    UnavailableError,
+)
+from visearch import demo, localstack
+from visearch.client import IngestItem
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory):
+    return demo.write_samples(tmp_path_factory.mktemp("samples"))
+
+
+@pytest.fixture(scope="module")
+def gallery(client, samples):
+    items = [IngestItem(p.stem, image=p.read_bytes(), label=p.stem[7:]) for p in samples]
+    results = client.ingest("gallery", items)
+    assert len(results) == len(samples)
+    return {p.stem: p for p in samples}
+
+
+def image_objects(stack) -> int:
+    minio = Minio(
+        stack.s3_endpoint, localstack.S3_ACCESS_KEY, localstack.S3_SECRET_KEY, secure=False
+    )
+    return sum(1 for _ in minio.list_objects("images", recursive=True))
+
+
+def test_every_service_is_serving_and_exports_metrics(stack):
+    report = localstack.status(Path(stack.state_dir))
+    assert report["running"]
+    services = {s["name"]: s for s in report["services"]}
+    assert {
+        "valkey",
+        "seaweedfs",
+        "embedder",
+        "indexer-0",
+        "indexer-1",
+        "verifier",
+        "gateway",
+    } <= set(services)
+    for name in ("embedder", "indexer-0", "verifier", "gateway"):
+        assert services[name]["serving"], name
+        body = urllib.request.urlopen(services[name]["metrics"], timeout=5).read().decode()
+        assert f"visearch_{name.split('-')[0]}_ready 1.0" in body
+
+
+def test_rotated_cropped_copy_finds_its_original(client, gallery):
+    query = demo.rotated_cropped_query(gallery["sample-coffee"])
+    for mode in ("none", "geometric"):
+        result = client.search("gallery", query, k=5, rerank=mode)
+        assert result.hits[0].id == "sample-coffee", mode
+        assert result.hits[0].label == "coffee"
+        assert not result.partial
+    geometric = client.search("gallery", query, k=3, rerank="geometric")
+    assert geometric.hits[0].inliers >= 15
+    assert "rerank" in geometric.timings_ms
+
+
+def test_ingest_search_delete_cycle(client, samples):
+    path = samples[0]
+    client.ingest("cycle", [IngestItem("only-one", image=path.read_bytes(), label="x")])
+    assert client.search("cycle", path.read_bytes(), k=1).hits[0].id == "only-one"
+    assert client.get("cycle", "only-one").label == "x"
+    assert client.delete("cycle", ["only-one"]) == (1, [])
+    assert client.search("cycle", path.read_bytes(), k=5).hits == []
+    with pytest.raises(NotFoundError):
+        client.get("cycle", "only-one")
+    assert client.stats("cycle").images == 0
+
+
+def test_reingest_replaces(client, samples):
+    first, second = samples[1], samples[2]
+    client.ingest("replace", [IngestItem("same-id", image=first.read_bytes(), label="a")])
+    results = client.ingest(
+        "replace", [IngestItem("same-id", image=second.read_bytes(), label="b")]
+    )
+    assert results[0].replaced
+    hits = client.search("replace", second.read_bytes(), k=5).hits
+    assert [h.id for h in hits] == ["same-id"]
+    assert hits[0].label == "b" and hits[0].score > 0.99
+    stats = client.stats("replace")
+    assert stats.images == 1
+    assert sum(s.size for s in stats.shards) == 1
+
+
+def test_bad_image_bytes_store_nothing(client, stack, samples):
+    client.ingest("bad", [IngestItem("good", image=samples[3].read_bytes())])
+    objects_before = image_objects(stack)
+    with pytest.raises(InvalidArgumentError, match="item 'broken'.*cannot be decoded"):
+        client.ingest(
+            "bad",
+            [
+                IngestItem("fine", image=samples[4].read_bytes()),
+                IngestItem("broken", image=b"\x89PNG\r\n\x1a\n garbage"),
+            ],
+        )
+    assert image_objects(stack) == objects_before
+    with pytest.raises(NotFoundError):
+        client.get("bad", "fine")
+    assert client.stats("bad").images == 1
+    with pytest.raises(InvalidArgumentError, match="appears twice"):
+        client.ingest("bad", [IngestItem("d", image=samples[4].read_bytes())] * 2)
+    with pytest.raises(InvalidArgumentError, match="k must be"):
+        client.search("bad", samples[3].read_bytes(), k=100_000)
+    with pytest.raises(NotFoundError, match="does not exist"):
+        client.search("no-such-collection", samples[3].read_bytes())
+
+
+def test_a_stopped_shard_gives_partial_results(client, stack, gallery):
+    shard = next(p for p in stack.processes if p.name == "indexer-1")
+    query = gallery["sample-rocket"].read_bytes()
+    os.kill(shard.pid, signal.SIGSTOP)
+    try:
+        result = client.search("gallery", query, k=5, rerank="none", timeout_s=5.0)
+        assert result.partial and result.missing_shards == [1]
+        with pytest.raises(UnavailableError, match="did not answer"):
+            client.search("gallery", query, rerank="none", require_complete=True, timeout_s=5.0)
+    finally:
+        os.kill(shard.pid, signal.SIGCONT)
+    assert not client.search("gallery", query, k=5, rerank="none").partial
+
+
+def test_cli_searches_a_manifest_as_json(stack, gallery, tmp_path):
+    manifest = tmp_path / "queries.csv"
+    manifest.write_text(
+        "id,path,label\n"
+        + "".join(f"q-{name},{gallery[name]},\n" for name in ("sample-coffee", "sample-moon"))
+    )
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "visearch.cli",
+            "search",
+            "--collection",
+            "gallery",
+            "--manifest",
+            str(manifest),
+            "--k",
+            "3",
+            "--json",
+            "--gateway",
+            stack.gateway,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    lines = [json.loads(line) for line in completed.stdout.splitlines()]
+    assert [line["query"] for line in lines] == ["q-sample-coffee", "q-sample-moon"]
+    assert lines[0]["results"][0]["id"] == "sample-coffee"
+    assert set(lines[0]) >= {"query", "results", "partial", "timings_ms"}

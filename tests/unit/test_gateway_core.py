@@ -1,0 +1,197 @@
+"""Gateway orchestration with in-memory stores and in-process ports (no servers)."""
+
+import io
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from services.common.errors import (
+    InvalidArgumentError,
+    NotFoundError,
+    UnavailableError,
+)
+from services.common.imaging import ImageLimits, decode_rgb
+from services.common.local_features import LocalFeatures
+from services.common.metadata import InMemoryMetadataStore
+from services.common.objectstore import InMemoryObjectStore
+from services.gateway.core import GatewayCore, GatewaySettings, Services
+from services.gateway.ports import (
+    GlobalEmbeddings,
+    IngestItem,
+    RerankOutput,
+    SearchQuery,
+    ShardHit,
+    ShardInfo,
+)
+from services.indexer.core import Shard
+
+LIMITS = ImageLimits(max_bytes=1_000_000)
+
+
+class PixelEmbedder:
+    """Embeds an image as its normalised 8x8 colour thumbnail (192-d)."""
+
+    def embed_global(self, images, timeout):
+        rows = []
+        for position, data in enumerate(images):
+            try:
+                rgb = decode_rgb(data, LIMITS)
+            except InvalidArgumentError as exc:  # the embedder names images by position
+                raise InvalidArgumentError(f"embedder: image {position}: {exc.message}") from exc
+            thumb = np.asarray(Image.fromarray(rgb).resize((8, 8)), np.float32).ravel() - 127.5
+            rows.append(thumb / (np.linalg.norm(thumb) + 1e-6))
+        return GlobalEmbeddings(np.stack(rows).astype(np.float32), "pixels-v1")
+
+    def extract_local(self, images, feature_type, timeout):
+        return [
+            LocalFeatures(
+                "rootsift",
+                np.zeros((0, 2), np.float32),
+                np.zeros(0, np.float32),
+                np.zeros((0, 128), np.float32),
+                16,
+                16,
+            )
+            for _ in images
+        ]
+
+
+class InProcessShard:
+    def __init__(self, shard: int, delay_s: float = 0.0, broken: bool = False):
+        self.shard = shard
+        self.core = Shard(shard, exact_threshold=1000)
+        self.delay_s = delay_s
+        self.broken = broken
+
+    def upsert(self, collection, ids, vectors, timeout):
+        self.core.upsert(collection, ids, vectors)
+
+    def delete(self, collection, ids, timeout):
+        return self.core.delete(collection, ids)[0]
+
+    def search(self, collection, queries, k, timeout):
+        time.sleep(self.delay_s)
+        if self.broken:
+            raise UnavailableError(f"shard {self.shard}: connection refused")
+        results, _ = self.core.search(collection, queries, k)
+        return [[ShardHit(n.id, n.score) for n in r] for r in results]
+
+    def stats(self, collection, timeout):
+        (s,) = self.core.stats(collection)
+        return ShardInfo(self.shard, s.size, s.method)
+
+
+class ReverseVerifier:
+    """Puts the global order upside down, to show the gateway uses the verifier's order."""
+
+    def rerank(self, query, candidates, timeout):
+        return [
+            RerankOutput(c.id, float(i), c.global_score, i, "reversed")
+            for i, c in enumerate(candidates)
+        ][::-1]
+
+
+def jpeg(seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    array = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def gateway():
+    shards = [InProcessShard(0), InProcessShard(1)]
+    store, metadata = InMemoryObjectStore(), InMemoryMetadataStore()
+    core = GatewayCore(
+        Services(PixelEmbedder(), shards, ReverseVerifier(), store, metadata),
+        GatewaySettings("images", "features", 1_000_000, "pixels-v1", default_timeout_s=2.0),
+    )
+    core.store, core.shards = store, shards  # for assertions
+    yield core
+    core.close()
+
+
+def ingest_three(core):
+    items = [IngestItem(f"id-{i}", image=jpeg(i), label=f"L{i}") for i in range(3)]
+    return core.ingest("c", items, create=True, timeout_s=None)
+
+
+def test_ingest_then_search_finds_the_same_image(gateway):
+    outcomes = ingest_three(gateway)
+    assert [o.replaced for o in outcomes] == [False] * 3
+    result = gateway.search(SearchQuery("c", image=jpeg(1), k=2, rerank="none"), None)
+    assert result.hits[0].id == "id-1"
+    assert result.hits[0].label == "L1"
+    assert not result.partial
+    assert set(result.timings_ms) >= {"embed", "index", "metadata", "total"}
+    assert gateway.store.exists(f"images/{outcomes[1].sha256}")
+    assert gateway.store.exists(f"features/rootsift/{outcomes[1].sha256}.npz")
+
+
+def test_reingest_replaces_and_delete_removes(gateway):
+    ingest_three(gateway)
+    again = gateway.ingest("c", [IngestItem("id-1", image=jpeg(7))], create=False, timeout_s=None)
+    assert again[0].replaced
+    hits = gateway.search(SearchQuery("c", image=jpeg(7), k=5, rerank="none"), None).hits
+    assert hits[0].id == "id-1" and hits[0].score > 0.99
+    assert [h.id for h in hits].count("id-1") == 1
+    deleted, not_found = gateway.delete("c", ["id-1", "nope"], None)
+    assert (deleted, not_found) == (1, ["nope"])
+    hits = gateway.search(SearchQuery("c", image=jpeg(7), k=5, rerank="none"), None).hits
+    assert "id-1" not in [h.id for h in hits]
+    with pytest.raises(NotFoundError):
+        gateway.get("c", "id-1")
+
+
+def test_bad_input_stores_nothing(gateway):
+    ingest_three(gateway)
+    before = sorted(gateway.store.list("images/"))
+    bad = [IngestItem("ok", image=jpeg(5)), IngestItem("broken", image=b"not an image")]
+    with pytest.raises(InvalidArgumentError, match="item 'broken'"):
+        gateway.ingest("c", bad, create=False, timeout_s=None)
+    with pytest.raises(InvalidArgumentError, match="twice"):
+        gateway.ingest("c", [IngestItem("d", image=jpeg(1))] * 2, create=False, timeout_s=None)
+    with pytest.raises(InvalidArgumentError, match="invalid"):
+        gateway.ingest("c", [IngestItem("bad id!", image=jpeg(1))], create=False, timeout_s=None)
+    assert sorted(gateway.store.list("images/")) == before
+    with pytest.raises(NotFoundError):
+        gateway.get("c", "ok")
+
+
+def test_search_validation(gateway):
+    ingest_three(gateway)
+    with pytest.raises(NotFoundError, match="does not exist"):
+        gateway.search(SearchQuery("missing", image=jpeg(1)), None)
+    with pytest.raises(InvalidArgumentError, match="k must be"):
+        gateway.search(SearchQuery("c", image=jpeg(1), k=5000), None)
+    with pytest.raises(InvalidArgumentError, match="rerank mode"):
+        gateway.search(SearchQuery("c", image=jpeg(1), rerank="magic"), None)
+
+
+def test_a_failed_shard_gives_partial_results_or_unavailable(gateway):
+    ingest_three(gateway)
+    gateway.shards[1].broken = True
+    result = gateway.search(SearchQuery("c", image=jpeg(0), k=3, rerank="none"), None)
+    assert result.partial and result.missing_shards == [1]
+    with pytest.raises(UnavailableError, match="did not answer"):
+        gateway.search(SearchQuery("c", image=jpeg(0), rerank="none", require_complete=True), None)
+
+
+def test_a_slow_shard_is_cut_off_at_the_deadline(gateway):
+    ingest_three(gateway)
+    gateway.shards[0].delay_s = 1.0
+    started = time.monotonic()
+    result = gateway.search(SearchQuery("c", image=jpeg(0), k=3, rerank="none"), 0.3)
+    assert time.monotonic() - started < 0.9
+    assert result.partial and result.missing_shards == [0]
+
+
+def test_geometric_mode_uses_the_verifier_order(gateway):
+    ingest_three(gateway)
+    plain = gateway.search(SearchQuery("c", image=jpeg(0), k=3, rerank="none"), None).hits
+    geometric = gateway.search(SearchQuery("c", image=jpeg(0), k=3, rerank="geometric"), None).hits
+    assert [h.id for h in geometric] == [h.id for h in plain][::-1]
+    assert geometric[0].reason == "reversed"

@@ -1,0 +1,263 @@
+"""A small typed client for the visearch gateway.
+
+    with VisearchClient("127.0.0.1:50051") as client:
+        client.ingest("shoes", [IngestItem("a-1", image=open("a.jpg", "rb").read(), label="a")])
+        result = client.search("shoes", open("q.jpg", "rb").read(), k=5)
+
+Errors arrive as the VisearchError subclass of their status code
+(InvalidArgumentError, NotFoundError, UnavailableError, ...). Calls that are
+safe to repeat are retried on UNAVAILABLE by gRPC's retry policy; ingest is
+idempotent by id, so it is retried too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import TracebackType
+
+from services.common.config import DEFAULT_MAX_IMAGE_BYTES, GRPC_MESSAGE_OVERHEAD_BYTES
+from services.common.errors import (  # noqa: F401 - re-exported for callers
+    DeadlineExceededError,
+    InvalidArgumentError,
+    NotFoundError,
+    ResourceExhaustedError,
+    UnavailableError,
+    VisearchError,
+)
+from services.common.grpc_client import call, make_channel
+from services.common.proto_convert import RERANK_MODE_NAMES, RERANK_MODES_BY_NAME
+from visearch.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
+
+
+@dataclass(frozen=True)
+class IngestItem:
+    id: str
+    image: bytes = b""
+    object_key: str = ""
+    label: str = ""
+    attributes: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    id: str
+    sha256: str
+    shard: int
+    replaced: bool
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: str
+    score: float
+    label: str
+    attributes: dict[str, str]
+    global_score: float
+    inliers: int
+    reason: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    hits: list[Hit]
+    partial: bool
+    missing_shards: list[int]
+    timings_ms: dict[str, float]
+    model_version: str
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    id: str
+    sha256: str
+    label: str
+    attributes: dict[str, str]
+    model_version: str
+    shard: int
+    ingested_at: float
+
+
+@dataclass(frozen=True)
+class CollectionInfo:
+    name: str
+    model_version: str
+    shards: int
+    default_rerank: str
+    local_feature_type: str
+    rerank_depth: int
+
+
+@dataclass(frozen=True)
+class ShardStats:
+    shard: int
+    size: int
+    method: str
+    available: bool
+
+
+@dataclass(frozen=True)
+class Stats:
+    collection: CollectionInfo
+    images: int
+    shards: list[ShardStats]
+
+
+def _image(data: bytes, object_key: str) -> common_pb2.Image:
+    return common_pb2.Image(object_key=object_key) if object_key else common_pb2.Image(data=data)
+
+
+def _collection(message: gateway_pb2.Collection) -> CollectionInfo:
+    return CollectionInfo(
+        name=message.name,
+        model_version=message.model_version,
+        shards=message.shards,
+        default_rerank=RERANK_MODE_NAMES[message.default_rerank],
+        local_feature_type=message.local_feature_type,
+        rerank_depth=message.rerank_depth,
+    )
+
+
+class VisearchClient:
+    """Thread-safe; share one per process."""
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        timeout_s: float = 30.0,
+        max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+    ) -> None:
+        self.address = address
+        self.timeout_s = timeout_s
+        self._channel = make_channel(address, max_image_bytes + GRPC_MESSAGE_OVERHEAD_BYTES)
+        self._stub = gateway_pb2_grpc.GatewayStub(self._channel)
+
+    def __enter__(self) -> VisearchClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _call(self, method: object, request: object, timeout_s: float | None) -> object:
+        return call(method, request, timeout=timeout_s or self.timeout_s, peer="")  # type: ignore[arg-type]
+
+    def create_collection(
+        self,
+        name: str,
+        *,
+        default_rerank: str = "none",
+        local_feature_type: str = "",
+        rerank_depth: int = 0,
+        timeout_s: float | None = None,
+    ) -> CollectionInfo:
+        request = gateway_pb2.CreateCollectionRequest(
+            name=name,
+            default_rerank=RERANK_MODES_BY_NAME[default_rerank],
+            local_feature_type=local_feature_type,
+            rerank_depth=rerank_depth,
+        )
+        return _collection(self._call(self._stub.CreateCollection, request, timeout_s))  # type: ignore[arg-type]
+
+    def ingest(
+        self,
+        collection: str,
+        items: list[IngestItem],
+        *,
+        create_collection: bool = True,
+        timeout_s: float | None = None,
+    ) -> list[IngestResult]:
+        request = gateway_pb2.IngestRequest(
+            collection=collection,
+            create_collection=create_collection,
+            items=[
+                gateway_pb2.IngestItem(
+                    id=item.id,
+                    image=_image(item.image, item.object_key),
+                    label=item.label,
+                    attributes=item.attributes,
+                )
+                for item in items
+            ],
+        )
+        response = self._call(self._stub.Ingest, request, timeout_s)
+        return [
+            IngestResult(r.id, r.sha256, r.shard, r.replaced)
+            for r in response.results  # type: ignore[attr-defined]
+        ]
+
+    def search(
+        self,
+        collection: str,
+        image: bytes = b"",
+        *,
+        object_key: str = "",
+        k: int = 10,
+        rerank: str = "",
+        require_complete: bool = False,
+        timeout_s: float | None = None,
+    ) -> SearchResult:
+        """rerank: "" (collection default), "none" or "geometric"."""
+        if rerank not in RERANK_MODES_BY_NAME:
+            raise InvalidArgumentError(
+                f"rerank must be one of none, geometric (or empty), got {rerank!r}"
+            )
+        request = gateway_pb2.SearchRequest(
+            collection=collection,
+            image=_image(image, object_key),
+            k=k,
+            rerank=RERANK_MODES_BY_NAME[rerank],
+            require_complete=require_complete,
+        )
+        response: gateway_pb2.SearchResponse = self._call(self._stub.Search, request, timeout_s)  # type: ignore[assignment]
+        return SearchResult(
+            hits=[
+                Hit(
+                    id=h.id,
+                    score=h.score,
+                    label=h.label,
+                    attributes=dict(h.attributes),
+                    global_score=h.global_score,
+                    inliers=h.inliers,
+                    reason=h.reason,
+                    sha256=h.sha256,
+                )
+                for h in response.hits
+            ],
+            partial=response.partial,
+            missing_shards=list(response.missing_shards),
+            timings_ms=dict(response.timings_ms),
+            model_version=response.model_version,
+        )
+
+    def delete(
+        self, collection: str, ids: list[str], *, timeout_s: float | None = None
+    ) -> tuple[int, list[str]]:
+        """Returns (deleted, ids that were not found)."""
+        request = gateway_pb2.DeleteRequest(collection=collection, ids=ids)
+        response: gateway_pb2.DeleteResponse = self._call(self._stub.Delete, request, timeout_s)  # type: ignore[assignment]
+        return response.deleted, list(response.not_found)
+
+    def get(self, collection: str, image_id: str, *, timeout_s: float | None = None) -> ImageRecord:
+        request = gateway_pb2.GetRequest(collection=collection, id=image_id)
+        r: gateway_pb2.ImageRecord = self._call(self._stub.Get, request, timeout_s)  # type: ignore[assignment]
+        return ImageRecord(
+            r.id, r.sha256, r.label, dict(r.attributes), r.model_version, r.shard, r.ingested_at
+        )
+
+    def stats(self, collection: str, *, timeout_s: float | None = None) -> Stats:
+        request = gateway_pb2.StatsRequest(collection=collection)
+        r: gateway_pb2.StatsResponse = self._call(self._stub.Stats, request, timeout_s)  # type: ignore[assignment]
+        return Stats(
+            collection=_collection(r.collection),
+            images=r.images,
+            shards=[ShardStats(s.shard, s.size, s.method, s.available) for s in r.shards],
+        )

@@ -1,0 +1,51 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable
+from typing import ClassVar as _ClassVar, Optional as _Optional
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class RerankMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RERANK_MODE_UNSPECIFIED: _ClassVar[RerankMode]
+    RERANK_MODE_NONE: _ClassVar[RerankMode]
+    RERANK_MODE_GEOMETRIC: _ClassVar[RerankMode]
+RERANK_MODE_UNSPECIFIED: RerankMode
+RERANK_MODE_NONE: RerankMode
+RERANK_MODE_GEOMETRIC: RerankMode
+
+class Image(_message.Message):
+    __slots__ = ("data", "object_key")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    OBJECT_KEY_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    object_key: str
+    def __init__(self, data: _Optional[bytes] = ..., object_key: _Optional[str] = ...) -> None: ...
+
+class Vector(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, values: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class LocalFeatures(_message.Message):
+    __slots__ = ("feature_type", "count", "dims", "keypoints", "scores", "descriptors", "image_width", "image_height")
+    FEATURE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    DIMS_FIELD_NUMBER: _ClassVar[int]
+    KEYPOINTS_FIELD_NUMBER: _ClassVar[int]
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTORS_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_WIDTH_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    feature_type: str
+    count: int
+    dims: int
+    keypoints: bytes
+    scores: bytes
+    descriptors: bytes
+    image_width: int
+    image_height: int
+    def __init__(self, feature_type: _Optional[str] = ..., count: _Optional[int] = ..., dims: _Optional[int] = ..., keypoints: _Optional[bytes] = ..., scores: _Optional[bytes] = ..., descriptors: _Optional[bytes] = ..., image_width: _Optional[int] = ..., image_height: _Optional[int] = ...) -> None: ...

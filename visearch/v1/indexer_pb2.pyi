@@ -1,0 +1,102 @@
+from visearch.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class UpsertRequest(_message.Message):
+    __slots__ = ("collection", "ids", "vectors")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    VECTORS_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    vectors: _containers.RepeatedCompositeFieldContainer[_common_pb2.Vector]
+    def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., vectors: _Optional[_Iterable[_Union[_common_pb2.Vector, _Mapping]]] = ...) -> None: ...
+
+class UpsertResponse(_message.Message):
+    __slots__ = ("upserted", "size")
+    UPSERTED_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    upserted: int
+    size: int
+    def __init__(self, upserted: _Optional[int] = ..., size: _Optional[int] = ...) -> None: ...
+
+class IndexDeleteRequest(_message.Message):
+    __slots__ = ("collection", "ids")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class IndexDeleteResponse(_message.Message):
+    __slots__ = ("deleted", "size")
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    deleted: int
+    size: int
+    def __init__(self, deleted: _Optional[int] = ..., size: _Optional[int] = ...) -> None: ...
+
+class IndexSearchRequest(_message.Message):
+    __slots__ = ("collection", "queries", "k")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    QUERIES_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    queries: _containers.RepeatedCompositeFieldContainer[_common_pb2.Vector]
+    k: int
+    def __init__(self, collection: _Optional[str] = ..., queries: _Optional[_Iterable[_Union[_common_pb2.Vector, _Mapping]]] = ..., k: _Optional[int] = ...) -> None: ...
+
+class Neighbor(_message.Message):
+    __slots__ = ("id", "score")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    score: float
+    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
+
+class NeighborList(_message.Message):
+    __slots__ = ("neighbors",)
+    NEIGHBORS_FIELD_NUMBER: _ClassVar[int]
+    neighbors: _containers.RepeatedCompositeFieldContainer[Neighbor]
+    def __init__(self, neighbors: _Optional[_Iterable[_Union[Neighbor, _Mapping]]] = ...) -> None: ...
+
+class IndexSearchResponse(_message.Message):
+    __slots__ = ("results", "shard", "method")
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[NeighborList]
+    shard: int
+    method: str
+    def __init__(self, results: _Optional[_Iterable[_Union[NeighborList, _Mapping]]] = ..., shard: _Optional[int] = ..., method: _Optional[str] = ...) -> None: ...
+
+class IndexStatsRequest(_message.Message):
+    __slots__ = ("collection",)
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    def __init__(self, collection: _Optional[str] = ...) -> None: ...
+
+class CollectionIndexStats(_message.Message):
+    __slots__ = ("collection", "size", "dims", "method")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    DIMS_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    size: int
+    dims: int
+    method: str
+    def __init__(self, collection: _Optional[str] = ..., size: _Optional[int] = ..., dims: _Optional[int] = ..., method: _Optional[str] = ...) -> None: ...
+
+class IndexStatsResponse(_message.Message):
+    __slots__ = ("shard", "collections")
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    COLLECTIONS_FIELD_NUMBER: _ClassVar[int]
+    shard: int
+    collections: _containers.RepeatedCompositeFieldContainer[CollectionIndexStats]
+    def __init__(self, shard: _Optional[int] = ..., collections: _Optional[_Iterable[_Union[CollectionIndexStats, _Mapping]]] = ...) -> None: ...

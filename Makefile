@@ -13,7 +13,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[build,dev]'
+	$(PY) -m pip install --quiet -e '.[local,build,dev]'
 	touch $(STAMP)
 
 models: setup

@@ -11,7 +11,9 @@ ImageNet mean/std, NCHW. Brute-force cosine similarity, then per query:
 
 Multi-scale rows average the L2-normalised embeddings of several single-size rows and
 re-normalise; their time is the sum of those rows' times.
-Writes bench/results/global_model_input_size.json.
+Timings are ONNX Runtime CPU inference only (min over round-robin rounds); on a shared machine
+they are inflated, so ``relative_compute`` (pixels / 224^2, which MobileNetV2's FLOPs follow)
+and the recorded load averages are included. Writes bench/results/global_model_input_size.json.
 """
 
 from __future__ import annotations
@@ -155,6 +157,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=10, help="timing rounds (min is kept)")
     args = ap.parse_args()
 
+    load_start = list(os.getloadavg())
     images, groups = load_dataset(args.dataset)
     model = GlobalEmbeddingModel.from_weights(ensure_mobilenet_v2_weights())
     rows, embs, sessions = [], {}, {}
@@ -168,7 +171,8 @@ def main() -> None:
             if interp == "area":
                 sessions[name] = (session, size)
             row = {"name": name, "input_size": list(size), "interpolation": interp,
-                   **retrieval_metrics(emb, groups), "preprocess_ms_per_image": pre_ms}  # fmt: skip
+                   **retrieval_metrics(emb, groups), "preprocess_ms_per_image": pre_ms,
+                   "relative_compute": size[0] * size[1] / 224**2}  # fmt: skip
             rows.append(row)
             print(json.dumps(row), flush=True)
         timings = time_inference(sessions, images, args.rounds)
@@ -179,21 +183,25 @@ def main() -> None:
         emb = sum(embs[p] for p in parts)
         emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
         row = {"name": name, "parts": parts, **retrieval_metrics(emb, groups)}
-        for key in ("infer_ms_per_image_b16", "preprocess_ms_per_image", "latency_ms_b1"):
+        keys = ("infer_ms_per_image_b16", "preprocess_ms_per_image", "latency_ms_b1",
+                "relative_compute")  # fmt: skip
+        for key in keys:
             row[key] = sum(by_name[p][key] for p in parts)
         rows.append(row)
     for row in rows:
         print(
             f"{row['name']:>20}  N-S {row['ns_score']:.3f}  mAP {row['map']:.4f}  "
             f"P@1 {row['p_at_1']:.3f}  b16 {row['infer_ms_per_image_b16']:6.1f} ms/img  "
-            f"b1 {row['latency_ms_b1']:6.1f} ms  pre {row['preprocess_ms_per_image']:4.1f} ms"
+            f"b1 {row['latency_ms_b1']:6.1f} ms  pre {row['preprocess_ms_per_image']:4.1f} ms  "
+            f"compute x{row['relative_compute']:.2f}"
         )
 
     report = {
         "dataset": str(args.dataset), "n_images": len(images), "ort_threads": args.threads,
         "ort_version": ort.__version__, "cpu": platform.processor() or platform.machine(),
         "batch": BATCH, "timing": "min over rounds, round-robin across models",
-        "load_average_at_end": list(os.getloadavg()), "results": rows,
+        "load_average_at_start": load_start, "load_average_at_end": list(os.getloadavg()),
+        "results": rows,
     }  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

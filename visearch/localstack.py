@@ -15,18 +15,21 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import grpc
+import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.model_registry import publish
 from services.common.objectstore import S3ObjectStore
 
 STATE_FILE = "stack.json"
+# The services' default bucket names (services.common.config.ObjectStoreConfig).
+BUCKETS = ("images", "features", "models", "snapshots", "uploads")
 S3_ACCESS_KEY = "visearch"
 S3_SECRET_KEY = "visearch-local-secret"
 DEFAULT_STATE_DIR = Path(".visearch")
@@ -180,12 +183,12 @@ class _Launcher:
         info.metrics_port = int(ports["metrics_port"])
 
 
-def _wait(what: str, check: object, timeout_s: float, log: str) -> None:
+def _wait(what: str, check: Callable[[], object], timeout_s: float, log: str) -> None:
     deadline = time.monotonic() + timeout_s
     last_error: Exception | None = None
     while time.monotonic() < deadline:
         try:
-            if check():  # type: ignore[operator]
+            if check():
                 return
         except Exception as exc:  # noqa: BLE001 - any failure means "not yet"
             last_error = exc
@@ -259,15 +262,13 @@ def _start_storage(launcher: _Launcher, timeout_s: float) -> tuple[str, str]:
             "-master.volumeSizeLimitMB=256",
         ],
     )
-    import redis
-
     redis_url = f"redis://127.0.0.1:{redis_port}/0"
     _wait("Valkey", lambda: redis.Redis.from_url(redis_url).ping(), timeout_s, valkey.log)
     s3_endpoint = f"127.0.0.1:{ports['s3']}"
     store = S3ObjectStore(s3_endpoint, S3_ACCESS_KEY, S3_SECRET_KEY)
     _wait(
         "SeaweedFS S3",
-        lambda: store.ensure_buckets(["images", "features", "models", "snapshots"]) or True,
+        lambda: store.ensure_buckets(list(BUCKETS)) or True,
         timeout_s,
         weed.log,
     )

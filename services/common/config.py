@@ -131,6 +131,8 @@ class ObjectStoreConfig:
     features_bucket: str
     models_bucket: str
     snapshots_bucket: str
+    # Where clients may stage images to ingest or search by object key.
+    uploads_bucket: str
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ObjectStoreConfig:
@@ -143,8 +145,15 @@ class ObjectStoreConfig:
             features_bucket=env_str(env, "VISEARCH_BUCKET_FEATURES", "features"),
             models_bucket=env_str(env, "VISEARCH_BUCKET_MODELS", "models"),
             snapshots_bucket=env_str(env, "VISEARCH_BUCKET_SNAPSHOTS", "snapshots"),
+            uploads_bucket=env_str(env, "VISEARCH_BUCKET_UPLOADS", "uploads"),
         )
 
     @property
     def buckets(self) -> list[str]:
-        return [self.images_bucket, self.features_bucket, self.models_bucket, self.snapshots_bucket]
+        return [
+            self.images_bucket,
+            self.features_bucket,
+            self.models_bucket,
+            self.snapshots_bucket,
+            self.uploads_bucket,
+        ]

@@ -36,6 +36,8 @@ def make_channel(address: str, max_message_bytes: int, *, retries: bool = True) 
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.enable_retries", 1 if retries else 0),
+        # Spread calls over every address a name resolves to (headless Services on Kubernetes).
+        ("grpc.lb_policy_name", "round_robin"),
     ]
     if retries:
         options.append(("grpc.service_config", RETRY_SERVICE_CONFIG))

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +38,9 @@ def create_session(
     """One ONNX Runtime session; providers are tried in order, unavailable ones dropped."""
     available = set(ort.get_available_providers())
     wanted = [p for p in providers if p in available] or ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" in wanted and importlib.util.find_spec("nvidia") is not None:
+        # CUDA/cuDNN from pip wheels (onnxruntime-gpu[cuda,cudnn]) are not on the loader path.
+        ort.preload_dlls()
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads > 0:
@@ -81,7 +85,7 @@ class EmbedderCore:
         limits: ImageLimits,
         batching: BatchingSettings,
         max_local_features: int,
-        on_batch: object = None,
+        on_batch: Callable[[int, float], None] | None = None,
     ) -> None:
         self.model = model
         self._limits = limits
@@ -90,7 +94,7 @@ class EmbedderCore:
             model.run,
             batching.max_batch,
             batching.max_wait_ms / 1000.0,
-            on_batch=on_batch,  # type: ignore[arg-type]
+            on_batch=on_batch,
         )
         self._count_lock = threading.Lock()
         self.images_embedded = 0

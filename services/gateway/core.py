@@ -6,6 +6,7 @@ import time
 from collections import defaultdict
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
@@ -38,6 +39,8 @@ from services.gateway.ports import (
 )
 from services.gateway.sharding import shard_of
 from services.indexer.core import check_collection_name
+
+ResultT = TypeVar("ResultT")
 
 
 @dataclass(frozen=True)
@@ -246,17 +249,11 @@ class GatewayCore:
         local_future: Future[list[LocalFeatures]] | None = None
         if mode == "geometric":
             local_future = self._pool.submit(
-                self._timed,
-                timings,
-                "local",
-                self._s.embedder.extract_local,
-                [image],
-                config.local_feature_type,
-                deadline.remaining(),
+                self._extract_query_features, image, config.local_feature_type, deadline, timings
             )
-        embedded = self._timed(
-            timings, "embed", self._s.embedder.embed_global, [image], deadline.remaining()
-        )
+        t0 = time.perf_counter()
+        embedded = self._s.embedder.embed_global([image], deadline.remaining())
+        timings["embed"] = _ms_since(t0)
         if embedded.model_version != config.model_version:
             raise FailedPreconditionError(
                 f"embedder serves {embedded.model_version}, collection uses {config.model_version}"
@@ -291,6 +288,14 @@ class GatewayCore:
             timings_ms=timings,
             model_version=config.model_version,
         )
+
+    def _extract_query_features(
+        self, image: bytes, feature_type: str, deadline: Deadline, timings: dict[str, float]
+    ) -> list[LocalFeatures]:
+        t0 = time.perf_counter()
+        features = self._s.embedder.extract_local([image], feature_type, deadline.remaining())
+        timings["local"] = _ms_since(t0)
+        return features
 
     def _scatter_gather(
         self, config: CollectionConfig, vectors: np.ndarray, depth: int, deadline: Deadline
@@ -338,14 +343,6 @@ class GatewayCore:
             if r.id in by_id
         ]
 
-    @staticmethod
-    def _timed(timings: dict[str, float], name: str, fn: object, *args: object) -> object:
-        t0 = time.perf_counter()
-        try:
-            return fn(*args)  # type: ignore[operator]
-        finally:
-            timings[name] = _ms_since(t0)
-
     # Delete / get / stats --------------------------------------------------
 
     def delete(
@@ -392,7 +389,7 @@ class GatewayCore:
         return config, self._s.metadata.count_images(collection), infos
 
 
-def _result_naming_items(future: Future, items: list[IngestItem]) -> object:  # type: ignore[type-arg]
+def _result_naming_items(future: Future[ResultT], items: list[IngestItem]) -> ResultT:
     """Waits for an embedder call; an 'image N' in its error becomes the item's id."""
     try:
         return future.result()

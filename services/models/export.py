@@ -169,6 +169,7 @@ def export_global_model(
     try:
         export_onnx(model, tmp_onnx, input_size)
         max_diff = verify_onnx(model, tmp_onnx, input_size)
+        manifest_path.unlink(missing_ok=True)  # never leave a manifest describing another file
         os.replace(tmp_onnx, onnx_path)
     finally:
         tmp_onnx.unlink(missing_ok=True)

@@ -21,8 +21,11 @@ Why this shape and these constants:
   1, so a verified candidate with a poor global score does not jump above a verified one with
   a much better global score.
 - ``scale`` = 15 inliers: 15 inliers above the threshold give 63 % of the weight (0.32),
-  30 above give 86 % (0.43); about the counts a correct match reaches on a modest viewpoint
-  change at 1000 features per image, while false fits rarely pass the threshold at all.
+  30 above give 86 % (0.43). For scale: on UKBench at 1000 RootSIFT features (200 images,
+  defaults), same-object pairs have a median of ~93 inliers and a 10th percentile of ~18
+  (bonus 0.24), while no unrelated pair out of 39,200 reached 8 (max 7, 99th percentile 5).
+  Harder photos (landmarks, wide baselines) give fewer inliers, which is why the bonus is
+  already substantial at a few tens of inliers rather than at hundreds.
 
 Scores are assumed to be similarities (higher is better) with a spread of order 1.
 """

@@ -1,6 +1,5 @@
 """A real local stack (Valkey, SeaweedFS S3, embedder, 2 shards, verifier, gateway) per session."""
 
-import os
 from pathlib import Path
 
 import pytest
@@ -12,20 +11,10 @@ ROOT = Path(__file__).resolve().parents[2]
 DATASETS = ROOT.parent / "shared" / "datasets"
 
 
-def ensure_models() -> Path:
-    from services.models import build
-
-    models = Path(os.environ.get("VISEARCH_MODELS_DIR", ROOT / "models"))
-    if not list((models / "global").glob("*/manifest.json")):
-        build.main(["--out", str(models)])
-    return models
-
-
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory):
-    models = ensure_models()
+def stack(tmp_path_factory, models_dir):
     state_dir = tmp_path_factory.mktemp("stack")
-    state = localstack.up(state_dir, shards=2, models_dir=models)
+    state = localstack.up(state_dir, shards=2, models_dir=models_dir)
     yield state
     localstack.down(state_dir)
 

@@ -1,5 +1,6 @@
 """End to end on real parts: Valkey, SeaweedFS S3, ONNX Runtime, ScaNN, gRPC servers."""
 
+import io
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ from minio import Minio
 from services.common.errors import (
     InvalidArgumentError,
     NotFoundError,
+    ResourceExhaustedError,
     UnavailableError,
 )
 from visearch import demo, localstack
@@ -35,11 +37,14 @@ def gallery(client, samples):
     return {p.stem: p for p in samples}
 
 
-def image_objects(stack) -> int:
-    minio = Minio(
+def minio_client(stack) -> Minio:
+    return Minio(
         stack.s3_endpoint, localstack.S3_ACCESS_KEY, localstack.S3_SECRET_KEY, secure=False
     )
-    return sum(1 for _ in minio.list_objects("images", recursive=True))
+
+
+def image_objects(stack) -> int:
+    return sum(1 for _ in minio_client(stack).list_objects("images", recursive=True))
 
 
 def test_every_service_is_serving_and_exports_metrics(stack):
@@ -168,3 +173,17 @@ def test_cli_searches_a_manifest_as_json(stack, gallery, tmp_path):
     assert [line["query"] for line in lines] == ["q-sample-coffee", "q-sample-moon"]
     assert lines[0]["results"][0]["id"] == "sample-coffee"
     assert set(lines[0]) >= {"query", "results", "partial", "timings_ms"}
+
+
+def test_images_by_object_key_and_size_limits(client, stack, samples):
+    data = samples[5].read_bytes()
+    minio_client(stack).put_object("uploads", "staged/photo.jpg", io.BytesIO(data), len(data))
+    client.ingest("keys", [IngestItem("staged", object_key="uploads/staged/photo.jpg")])
+    hits = client.search("keys", object_key="uploads/staged/photo.jpg", k=1).hits
+    assert hits[0].id == "staged" and hits[0].score > 0.99
+    with pytest.raises(NotFoundError, match="uploads/missing.jpg"):
+        client.ingest("keys", [IngestItem("nope", object_key="uploads/missing.jpg")])
+    too_big = b"\xff" * (20 * 1024 * 1024 + 1)
+    with pytest.raises(ResourceExhaustedError, match="above the limit"):
+        client.ingest("keys", [IngestItem("big", image=too_big)])
+    assert client.stats("keys").images == 1

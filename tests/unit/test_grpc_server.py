@@ -75,3 +75,39 @@ def test_loading_slot_answers_unavailable_until_set():
         slot.get()
     slot.set(3)
     assert slot.get() == 3
+
+
+class FlakyIndexer(indexer_pb2_grpc.IndexerServicer):
+    def __init__(self, retryable: bool):
+        self.calls = 0
+        self.retryable = retryable
+
+    def Search(self, request, context):
+        self.calls += 1
+        raise UnavailableError("shard down", retryable=self.retryable)
+
+
+@pytest.mark.parametrize(("retryable", "expected_calls"), [(True, 4), (False, 1)])
+def test_client_retries_unavailable_unless_the_server_pushes_back(retryable, expected_calls):
+    config = ServerConfig.from_env({"VISEARCH_GRPC_PORT": "0"}, "indexer", 0)
+    metrics = ServiceMetrics("indexer")
+    flaky = FlakyIndexer(retryable)
+
+    def add(server):
+        indexer_pb2_grpc.add_IndexerServicer_to_server(flaky, server)
+        return ["visearch.v1.Indexer"]
+
+    running = RunningServer(config, metrics, add)
+    channel = make_channel(running.address, 8 * 1024 * 1024)
+    try:
+        with pytest.raises(UnavailableError, match="shard down"):
+            call(
+                indexer_pb2_grpc.IndexerStub(channel).Search,
+                indexer_pb2.IndexSearchRequest(collection="c", k=1),
+                timeout=10,
+                peer="",
+            )
+        assert flaky.calls == expected_calls
+    finally:
+        channel.close()
+        running.stop(0)

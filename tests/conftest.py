@@ -1,0 +1,25 @@
+"""Session fixtures shared by unit and integration tests."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def models_dir() -> Path:
+    """The built models (make models); built here when absent. VISEARCH_MODELS_DIR overrides."""
+    models = Path(os.environ.get("VISEARCH_MODELS_DIR", ROOT / "models"))
+    if not list((models / "global").glob("*/manifest.json")):
+        pytest.importorskip("torch", reason="building the model needs the [build] extra")
+        from services.models import build
+
+        build.main(["--out", str(models)])
+    return models
+
+
+@pytest.fixture(scope="session")
+def built_model_dir(models_dir) -> Path:
+    return sorted((models_dir / "global").glob("*/manifest.json"))[-1].parent

@@ -23,3 +23,15 @@ def models_dir() -> Path:
 @pytest.fixture(scope="session")
 def built_model_dir(models_dir) -> Path:
     return sorted((models_dir / "global").glob("*/manifest.json"))[-1].parent
+
+
+@pytest.fixture(scope="session")
+def storage(tmp_path_factory):
+    """Real Valkey and SeaweedFS S3 servers: (redis_url, s3_endpoint)."""
+    from visearch import localstack
+
+    launcher = localstack.Launcher(tmp_path_factory.mktemp("storage"))
+    try:
+        yield localstack.start_storage(launcher, timeout_s=60)
+    finally:
+        localstack.stop_processes(launcher.processes)

@@ -58,6 +58,9 @@ class ProcessInfo:
     log: str
     address: str = ""
     metrics_port: int = 0
+    argv: list[str] = field(default_factory=list)
+    # The variables this process was started with on top of the environment.
+    env: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -132,7 +135,7 @@ def find_model_dir(models_dir: Path) -> Path:
     return manifests[-1].parent
 
 
-class _Launcher:
+class Launcher:
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir
         self.processes: list[ProcessInfo] = []
@@ -150,7 +153,9 @@ class _Launcher:
                 cwd=str(REPO_ROOT),
                 start_new_session=True,
             )
-        info = ProcessInfo(name=name, pid=process.pid, log=str(log_path))
+        info = ProcessInfo(
+            name=name, pid=process.pid, log=str(log_path), argv=argv, env=dict(env or {})
+        )
         self.processes.append(info)
         return info
 
@@ -196,7 +201,7 @@ def _wait(what: str, check: Callable[[], object], timeout_s: float, log: str) ->
     raise StackError(f"{what} did not come up in {timeout_s:.0f}s ({last_error}); see {log}")
 
 
-def _start_storage(launcher: _Launcher, timeout_s: float) -> tuple[str, str]:
+def start_storage(launcher: Launcher, timeout_s: float) -> tuple[str, str]:
     data = launcher.state_dir / "data"
     (data / "valkey").mkdir(parents=True, exist_ok=True)
     (data / "seaweedfs").mkdir(parents=True, exist_ok=True)
@@ -302,9 +307,9 @@ def up(
         raise StackError("--shards must be at least 1")
     model_dir = find_model_dir(models_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
-    launcher = _Launcher(state_dir)
+    launcher = Launcher(state_dir)
     try:
-        redis_url, s3_endpoint = _start_storage(launcher, timeout_s)
+        redis_url, s3_endpoint = start_storage(launcher, timeout_s)
         store = S3ObjectStore(s3_endpoint, S3_ACCESS_KEY, S3_SECRET_KEY)
         manifest = publish(store, "models", model_dir)
         common_env = {
@@ -351,7 +356,7 @@ def up(
         for info in [embedder, *shard_infos, verifier, gateway]:
             _wait(info.name, lambda a=info.address: health_serving(a), timeout_s, info.log)
     except BaseException:
-        _stop_processes(launcher.processes)
+        stop_processes(launcher.processes)
         raise
     state = StackState(
         state_dir=str(state_dir),
@@ -366,7 +371,7 @@ def up(
     return state
 
 
-def _stop_processes(processes: list[ProcessInfo], grace_s: float = 10.0) -> None:
+def stop_processes(processes: list[ProcessInfo], grace_s: float = 10.0) -> None:
     for info in reversed(processes):
         if pid_alive(info.pid):
             try:
@@ -382,12 +387,37 @@ def _stop_processes(processes: list[ProcessInfo], grace_s: float = 10.0) -> None
                 os.killpg(info.pid, signal.SIGKILL)
 
 
+def restart(state_dir: Path, name: str, timeout_s: float = 120.0) -> ProcessInfo:
+    """Starts a stack's process again on its old ports (after a crash or `kill -9`)."""
+    state_dir = state_dir.resolve()
+    state = StackState.load(state_dir)
+    if state is None:
+        raise StackError(f"no stack in {state_dir}")
+    old = next((p for p in state.processes if p.name == name), None)
+    if old is None:
+        raise StackError(f"no process {name!r} in the stack")
+    stop_processes([old])
+    launcher = Launcher(state_dir)
+    env = dict(old.env)
+    if old.address:
+        env["VISEARCH_GRPC_PORT"] = old.address.rsplit(":", 1)[1]
+        env["VISEARCH_METRICS_PORT"] = str(old.metrics_port)
+        (state_dir / "run" / f"{name}.ports.json").unlink(missing_ok=True)
+    new = launcher.spawn(name, old.argv, env)
+    if old.address:
+        launcher.wait_ports(new, timeout_s)
+        _wait(name, lambda: health_serving(new.address), timeout_s, new.log)
+    state.processes = [new if p.name == name else p for p in state.processes]
+    state.save()
+    return new
+
+
 def down(state_dir: Path = DEFAULT_STATE_DIR) -> bool:
     """Stops a stack; its data stays in the state folder. False when none was running."""
     state = StackState.load(state_dir.resolve())
     if state is None:
         return False
-    _stop_processes(state.processes)
+    stop_processes(state.processes)
     (state_dir.resolve() / STATE_FILE).unlink(missing_ok=True)
     return True
 

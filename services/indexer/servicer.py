@@ -6,7 +6,7 @@ import time
 
 import grpc
 
-from services.common.errors import InvalidArgumentError
+from services.common.errors import FailedPreconditionError, InvalidArgumentError
 from services.common.metrics import ServiceMetrics
 from services.common.proto_convert import vectors_from_proto
 from services.indexer.core import Shard
@@ -24,6 +24,29 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
             "search_duration_seconds", "Index search time per batch.", ("shard", "method")
         )
         self._shard_label = shard_label
+        self._wal_lag = metrics.gauge(
+            "wal_lag_entries",
+            "Log entries written since the latest snapshot (replayed on restart).",
+            ("shard", "collection"),
+        )
+        self._snapshot_time = metrics.gauge(
+            "snapshot_timestamp_seconds",
+            "Unix time of the latest snapshot (age = time() - this).",
+            ("shard", "collection"),
+        )
+
+    def record_all(self) -> None:
+        """Refreshes the per-collection gauges (after periodic snapshots)."""
+        for stats in self._shard.stats():
+            self._record(stats.collection)
+
+    def _record(self, collection: str) -> None:
+        for stats in self._shard.stats(collection):
+            labels = (self._shard_label, stats.collection)
+            self._size.labels(*labels).set(stats.size)
+            self._wal_lag.labels(*labels).set(stats.wal_lag_entries)
+            if stats.snapshot_at:
+                self._snapshot_time.labels(*labels).set(stats.snapshot_at)
 
     def Upsert(
         self, request: indexer_pb2.UpsertRequest, context: grpc.ServicerContext
@@ -32,14 +55,15 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
         if len(request.ids) != len(vectors):
             raise InvalidArgumentError(f"{len(request.ids)} ids but {len(vectors)} vectors")
         size = self._shard.upsert(request.collection, list(request.ids), vectors)
-        self._size.labels(self._shard_label, request.collection).set(size)
+        self._record(request.collection)
         return indexer_pb2.UpsertResponse(upserted=len(request.ids), size=size)
 
     def Delete(
         self, request: indexer_pb2.IndexDeleteRequest, context: grpc.ServicerContext
     ) -> indexer_pb2.IndexDeleteResponse:
         deleted, size = self._shard.delete(request.collection, list(request.ids))
-        self._size.labels(self._shard_label, request.collection).set(size)
+        if deleted:
+            self._record(request.collection)
         return indexer_pb2.IndexDeleteResponse(deleted=deleted, size=size)
 
     def Search(
@@ -69,8 +93,31 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
             shard=self._shard.shard_id,
             collections=[
                 indexer_pb2.CollectionIndexStats(
-                    collection=s.collection, size=s.size, dims=s.dims, method=s.method
+                    collection=s.collection,
+                    size=s.size,
+                    dims=s.dims,
+                    method=s.method,
+                    applied_seq=s.applied_seq,
+                    snapshot_seq=s.snapshot_seq,
                 )
                 for s in self._shard.stats(request.collection)
             ],
+        )
+
+    def Snapshot(
+        self, request: indexer_pb2.SnapshotRequest, context: grpc.ServicerContext
+    ) -> indexer_pb2.SnapshotResponse:
+        if not self._shard.durable:
+            raise FailedPreconditionError(
+                f"shard {self._shard.shard_id} runs without a write-ahead log and snapshot store "
+                "(set VISEARCH_REDIS_URL and VISEARCH_S3_ENDPOINT)"
+            )
+        if request.collection:
+            covered = {request.collection: self._shard.snapshot(request.collection)}
+        else:
+            covered = self._shard.snapshot_all()
+        for name in covered:
+            self._record(name)
+        return indexer_pb2.SnapshotResponse(
+            covered_seq={name: seq for name, seq in covered.items() if seq is not None}
         )

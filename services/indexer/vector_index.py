@@ -74,11 +74,16 @@ class VectorIndex:
     def _use_scann(self) -> bool:
         return self._scann is not None and self.size >= self.exact_threshold
 
+    def check_upsert(self, ids: list[str], vectors: np.ndarray) -> np.ndarray:
+        """Validates an upsert without applying it; returns vectors as float32 [n, dims]."""
+        array = self._check_vectors(vectors, "vectors")
+        if len(ids) != array.shape[0]:
+            raise InvalidArgumentError(f"{len(ids)} ids but {array.shape[0]} vectors")
+        return array
+
     def upsert(self, ids: list[str], vectors: np.ndarray) -> None:
         """vectors: float32 [n, dims], L2-normalised. An existing id is replaced."""
-        vectors = self._check_vectors(vectors, "vectors")
-        if len(ids) != vectors.shape[0]:
-            raise InvalidArgumentError(f"{len(ids)} ids but {vectors.shape[0]} vectors")
+        vectors = self.check_upsert(ids, vectors)
         with self._lock:
             for image_id, vector in zip(ids, vectors, strict=True):
                 row = self._row_of.get(image_id)
@@ -105,6 +110,12 @@ class VectorIndex:
             if self._scann is not None and present:
                 self._scann.delete(present)
             return len(present)
+
+    def export(self) -> tuple[list[str], np.ndarray]:
+        """A consistent copy of the live entries: ids and float32 [n, dims] vectors."""
+        with self._lock:
+            live_rows = np.flatnonzero(self._live[: self._high_water])
+            return [self._ids[row] or "" for row in live_rows], self._matrix[live_rows].copy()
 
     def search(self, queries: np.ndarray, k: int) -> list[list[Neighbor]]:
         """queries: float32 [q, dims]; returns q lists of up to k neighbours, best first."""

@@ -51,7 +51,11 @@ def test_same_object_is_closer_than_another_object(core):
 
 
 def test_batched_and_single_runs_agree(core):
-    images = [jpeg(skimage_data.chelsea()), jpeg(skimage_data.astronaut()), jpeg(skimage_data.coffee())]
+    images = [
+        jpeg(skimage_data.chelsea()),
+        jpeg(skimage_data.astronaut()),
+        jpeg(skimage_data.coffee()),
+    ]
     together = core.embed_global(images)
     alone = np.concatenate([core.embed_global([image]) for image in images])
     assert np.allclose(together, alone, atol=1e-4)

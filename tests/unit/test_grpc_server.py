@@ -14,6 +14,7 @@ from services.common.metrics import ServiceMetrics
 from services.common.proto_convert import vectors_to_proto
 from services.indexer.core import Shard
 from services.indexer.main import add_indexer
+from services.indexer.servicer import IndexerServicer
 from visearch.v1 import indexer_pb2, indexer_pb2_grpc
 
 
@@ -21,7 +22,9 @@ from visearch.v1 import indexer_pb2, indexer_pb2_grpc
 def server():
     config = ServerConfig.from_env({"VISEARCH_GRPC_PORT": "0"}, "indexer", 0)
     metrics = ServiceMetrics("indexer")
-    running = RunningServer(config, metrics, lambda s: add_indexer(s, Shard(0, 100), metrics))
+    running = RunningServer(
+        config, metrics, lambda s: add_indexer(s, IndexerServicer(Shard(0, 100), metrics))
+    )
     yield running
     running.stop(0)
 

@@ -7,6 +7,25 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class SnapshotRequest(_message.Message):
+    __slots__ = ("collection",)
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    def __init__(self, collection: _Optional[str] = ...) -> None: ...
+
+class SnapshotResponse(_message.Message):
+    __slots__ = ("covered_seq",)
+    class CoveredSeqEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    COVERED_SEQ_FIELD_NUMBER: _ClassVar[int]
+    covered_seq: _containers.ScalarMap[str, str]
+    def __init__(self, covered_seq: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
 class UpsertRequest(_message.Message):
     __slots__ = ("collection", "ids", "vectors")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
@@ -82,16 +101,20 @@ class IndexStatsRequest(_message.Message):
     def __init__(self, collection: _Optional[str] = ...) -> None: ...
 
 class CollectionIndexStats(_message.Message):
-    __slots__ = ("collection", "size", "dims", "method")
+    __slots__ = ("collection", "size", "dims", "method", "applied_seq", "snapshot_seq")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     DIMS_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_SEQ_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_SEQ_FIELD_NUMBER: _ClassVar[int]
     collection: str
     size: int
     dims: int
     method: str
-    def __init__(self, collection: _Optional[str] = ..., size: _Optional[int] = ..., dims: _Optional[int] = ..., method: _Optional[str] = ...) -> None: ...
+    applied_seq: str
+    snapshot_seq: str
+    def __init__(self, collection: _Optional[str] = ..., size: _Optional[int] = ..., dims: _Optional[int] = ..., method: _Optional[str] = ..., applied_seq: _Optional[str] = ..., snapshot_seq: _Optional[str] = ...) -> None: ...
 
 class IndexStatsResponse(_message.Message):
     __slots__ = ("shard", "collections")

@@ -55,6 +55,11 @@ class IndexerStub:
                 request_serializer=visearch_dot_v1_dot_indexer__pb2.IndexStatsRequest.SerializeToString,
                 response_deserializer=visearch_dot_v1_dot_indexer__pb2.IndexStatsResponse.FromString,
                 _registered_method=True)
+        self.Snapshot = channel.unary_unary(
+                '/visearch.v1.Indexer/Snapshot',
+                request_serializer=visearch_dot_v1_dot_indexer__pb2.SnapshotRequest.SerializeToString,
+                response_deserializer=visearch_dot_v1_dot_indexer__pb2.SnapshotResponse.FromString,
+                _registered_method=True)
 
 
 class IndexerServicer:
@@ -85,6 +90,13 @@ class IndexerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Snapshot(self, request, context):
+        """Writes a snapshot of one collection (or all) and trims the log behind it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IndexerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -107,6 +119,11 @@ def add_IndexerServicer_to_server(servicer, server):
                     servicer.Stats,
                     request_deserializer=visearch_dot_v1_dot_indexer__pb2.IndexStatsRequest.FromString,
                     response_serializer=visearch_dot_v1_dot_indexer__pb2.IndexStatsResponse.SerializeToString,
+            ),
+            'Snapshot': grpc.unary_unary_rpc_method_handler(
+                    servicer.Snapshot,
+                    request_deserializer=visearch_dot_v1_dot_indexer__pb2.SnapshotRequest.FromString,
+                    response_serializer=visearch_dot_v1_dot_indexer__pb2.SnapshotResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -218,6 +235,33 @@ class Indexer:
             '/visearch.v1.Indexer/Stats',
             visearch_dot_v1_dot_indexer__pb2.IndexStatsRequest.SerializeToString,
             visearch_dot_v1_dot_indexer__pb2.IndexStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Snapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/visearch.v1.Indexer/Snapshot',
+            visearch_dot_v1_dot_indexer__pb2.SnapshotRequest.SerializeToString,
+            visearch_dot_v1_dot_indexer__pb2.SnapshotResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,211 @@
+"""A shard's write-ahead log (Redis streams) and snapshots (object store + one Redis pointer).
+
+WAL: stream `wal:<collection>:<shard>`, one entry per Upsert/Delete, written
+before the shard applies it; the stream id is the sequence number. The shard
+registers each collection it logs in the set `walcols:<shard>`.
+Snapshot: `snapshots/<collection>/<shard>/<seq>/vectors.npz` (ids + float32
+vectors as of `seq`), published by setting `snap:<collection>:<shard>`; only
+then is the log trimmed behind `seq`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import redis
+
+from services.common.errors import UnavailableError
+from services.common.objectstore import ObjectStore
+
+OP_UPSERT = "upsert"
+OP_DELETE = "delete"
+REPLAY_BATCH = 500
+
+
+@dataclass(frozen=True)
+class WalEntry:
+    seq: str
+    op: str
+    ids: list[str]
+    vectors: np.ndarray | None  # float32 [n, d] for upserts
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    seq: str
+    ids: list[str]
+    vectors: np.ndarray  # float32 [n, d]
+
+
+def seq_key(seq: str) -> tuple[int, int]:
+    """Orders Redis stream ids ("<ms>-<n>")."""
+    millis, _, counter = seq.partition("-")
+    return int(millis), int(counter or 0)
+
+
+class WriteAheadLog(Protocol):
+    def append(self, collection: str, op: str, ids: list[str], vectors: np.ndarray | None) -> str:
+        """Durably appends one operation; returns its sequence number."""
+        ...
+
+    def read_after(self, collection: str, after: str) -> Iterator[WalEntry]:
+        """Entries with seq > after ("0-0" = from the start), in order."""
+        ...
+
+    def trim_before(self, collection: str, seq: str) -> None: ...
+
+    def collections(self) -> list[str]: ...
+
+    def length(self, collection: str) -> int: ...
+
+
+class SnapshotStore(Protocol):
+    def save(self, collection: str, snapshot: Snapshot) -> None:
+        """Writes the snapshot under a new key, then publishes it by one pointer update."""
+        ...
+
+    def latest(self, collection: str) -> Snapshot | None: ...
+
+
+def _encode_vectors(vectors: np.ndarray | None) -> bytes:
+    if vectors is None:
+        return b""
+    return np.ascontiguousarray(vectors, dtype="<f4").tobytes()
+
+
+class RedisWriteAheadLog:
+    def __init__(self, client: redis.Redis, shard: int) -> None:
+        self._redis = client
+        self._shard = shard
+
+    def _key(self, collection: str) -> str:
+        return f"wal:{collection}:{self._shard}"
+
+    def append(self, collection: str, op: str, ids: list[str], vectors: np.ndarray | None) -> str:
+        dims = 0 if vectors is None else int(vectors.shape[1])
+        try:
+            with self._redis.pipeline(transaction=True) as pipe:
+                pipe.sadd(f"walcols:{self._shard}", collection)
+                pipe.xadd(
+                    self._key(collection),
+                    {
+                        "op": op,
+                        "ids": json.dumps(ids),
+                        "dims": dims,
+                        "vectors": _encode_vectors(vectors),
+                    },
+                )
+                _, seq = pipe.execute()
+        except redis.RedisError as exc:
+            raise UnavailableError(f"write-ahead log (Redis) unavailable: {exc}") from exc
+        return seq.decode() if isinstance(seq, bytes) else str(seq)
+
+    def read_after(self, collection: str, after: str) -> Iterator[WalEntry]:
+        start = f"({after}"
+        while True:
+            try:
+                rows = self._redis.xrange(self._key(collection), min=start, count=REPLAY_BATCH)
+            except redis.RedisError as exc:
+                raise UnavailableError(f"write-ahead log (Redis) unavailable: {exc}") from exc
+            if not rows:
+                return
+            for raw_seq, fields in rows:
+                seq = raw_seq.decode()
+                dims = int(fields[b"dims"])
+                ids = json.loads(fields[b"ids"])
+                vectors = (
+                    np.frombuffer(fields[b"vectors"], dtype="<f4").reshape(len(ids), dims)
+                    if dims
+                    else None
+                )
+                yield WalEntry(seq, fields[b"op"].decode(), ids, vectors)
+                start = f"({seq}"
+
+    def trim_before(self, collection: str, seq: str) -> None:
+        self._redis.xtrim(self._key(collection), minid=seq, approximate=False)
+
+    def collections(self) -> list[str]:
+        return sorted(m.decode() for m in self._redis.smembers(f"walcols:{self._shard}"))
+
+    def length(self, collection: str) -> int:
+        return int(self._redis.xlen(self._key(collection)))
+
+
+class ObjectSnapshotStore:
+    def __init__(self, store: ObjectStore, bucket: str, client: redis.Redis, shard: int) -> None:
+        self._store = store
+        self._bucket = bucket
+        self._redis = client
+        self._shard = shard
+
+    def save(self, collection: str, snapshot: Snapshot) -> None:
+        buffer = io.BytesIO()
+        np.savez(
+            buffer, ids=np.asarray(snapshot.ids, dtype=object).astype(str), vectors=snapshot.vectors
+        )
+        key = f"{self._bucket}/{collection}/{self._shard}/{snapshot.seq}/vectors.npz"
+        self._store.put(key, buffer.getvalue())
+        self._redis.set(
+            f"snap:{collection}:{self._shard}", json.dumps({"seq": snapshot.seq, "key": key})
+        )
+
+    def latest(self, collection: str) -> Snapshot | None:
+        pointer = self._redis.get(f"snap:{collection}:{self._shard}")
+        if pointer is None:
+            return None
+        meta = json.loads(pointer)
+        with np.load(io.BytesIO(self._store.get(meta["key"])), allow_pickle=False) as data:
+            return Snapshot(meta["seq"], [str(i) for i in data["ids"]], data["vectors"])
+
+
+class InMemoryWriteAheadLog:
+    """For unit tests of the shard core."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, list[WalEntry]] = {}
+        self._counter = 0
+        self._lock = threading.Lock()
+
+    def append(self, collection: str, op: str, ids: list[str], vectors: np.ndarray | None) -> str:
+        with self._lock:
+            self._counter += 1
+            seq = f"{self._counter}-0"
+            copy = None if vectors is None else np.array(vectors, dtype=np.float32)
+            self._entries.setdefault(collection, []).append(WalEntry(seq, op, list(ids), copy))
+            return seq
+
+    def read_after(self, collection: str, after: str) -> Iterator[WalEntry]:
+        with self._lock:
+            entries = list(self._entries.get(collection, []))
+        yield from (e for e in entries if seq_key(e.seq) > seq_key(after))
+
+    def trim_before(self, collection: str, seq: str) -> None:
+        with self._lock:
+            self._entries[collection] = [
+                e for e in self._entries.get(collection, []) if seq_key(e.seq) >= seq_key(seq)
+            ]
+
+    def collections(self) -> list[str]:
+        with self._lock:
+            return sorted(self._entries)
+
+    def length(self, collection: str) -> int:
+        with self._lock:
+            return len(self._entries.get(collection, []))
+
+
+class InMemorySnapshotStore:
+    def __init__(self) -> None:
+        self._latest: dict[str, Snapshot] = {}
+
+    def save(self, collection: str, snapshot: Snapshot) -> None:
+        self._latest[collection] = snapshot
+
+    def latest(self, collection: str) -> Snapshot | None:
+        return self._latest.get(collection)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import tempfile
 import time
@@ -35,7 +36,8 @@ def main() -> None:
     report: dict[str, object] = {
         "dataset": str(args.dataset),
         "images": len(entries),
-        "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version()},
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "load_average_before": [round(x, 2) for x in os.getloadavg()],
     }
     with tempfile.TemporaryDirectory() as state_dir:
         started = time.perf_counter()
@@ -74,6 +76,7 @@ def main() -> None:
                     }
                     print(mode, json.dumps(modes[mode]))
                 report["modes"] = modes
+    report["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))

@@ -207,11 +207,22 @@ def search(
     manifest: Annotated[Path | None, typer.Option(help="CSV of queries: id,path[,label].")] = None,
     k: int = 10,
     rerank: Annotated[str, typer.Option(help=RERANK_HELP)] = "",
+    label: Annotated[str, typer.Option(help="Only results with this label.")] = "",
+    attr: Annotated[
+        list[str] | None, typer.Option(help="Only results with attribute KEY=VALUE (repeatable).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per query.")] = False,
     gateway: Gateway = "",
     state_dir: StateDir = localstack.DEFAULT_STATE_DIR,
 ) -> None:
     """Search a collection by photo (one image, or a manifest of queries searched concurrently)."""
+    attributes = {}
+    for pair in attr or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            console.print(f"[red]--attr takes KEY=VALUE, got {pair!r}[/]")
+            raise typer.Exit(2)
+        attributes[key] = value
     if (image is None) == (manifest is None):
         console.print("[red]Give an IMAGE or --manifest, not both.[/]")
         raise typer.Exit(2)
@@ -229,6 +240,8 @@ def search(
                 entries,
                 k=k,
                 rerank=rerank,
+                label=label,
+                attributes=attributes,
                 progress=lambda n: progress.advance(task, n),
             )
         except VisearchError as exc:

@@ -203,9 +203,14 @@ class VisearchClient:
         k: int = 10,
         rerank: str = "",
         require_complete: bool = False,
+        label: str = "",
+        attributes: dict[str, str] | None = None,
         timeout_s: float | None = None,
     ) -> SearchResult:
-        """rerank: "" (collection default), "none" or "geometric"."""
+        """rerank: "" (collection default), "none" or "geometric".
+
+        label / attributes: search only items with that label and all those attributes.
+        """
         if rerank not in RERANK_MODES_BY_NAME:
             raise InvalidArgumentError(
                 f"rerank must be one of none, geometric (or empty), got {rerank!r}"
@@ -216,6 +221,7 @@ class VisearchClient:
             k=k,
             rerank=RERANK_MODES_BY_NAME[rerank],
             require_complete=require_complete,
+            filter=common_pb2.Filter(label=label, attributes=attributes or {}),
         )
         response: gateway_pb2.SearchResponse = self._call(self._stub.Search, request, timeout_s)  # type: ignore[assignment]
         return SearchResult(

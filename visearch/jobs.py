@@ -58,6 +58,8 @@ def search_entries(
     *,
     k: int = 10,
     rerank: str = "",
+    label: str = "",
+    attributes: dict[str, str] | None = None,
     workers: int = 4,
     progress: Progress | None = None,
     image_bytes: Callable[[ImageEntry], bytes] | None = None,
@@ -68,7 +70,9 @@ def search_entries(
     def one(entry: ImageEntry) -> QueryResult:
         data = read(entry)
         t0 = time.perf_counter()
-        result = client.search(collection, data, k=k, rerank=rerank)
+        result = client.search(
+            collection, data, k=k, rerank=rerank, label=label, attributes=attributes
+        )
         return QueryResult(entry.id, result, (time.perf_counter() - t0) * 1000.0)
 
     results = []

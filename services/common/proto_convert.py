@@ -63,3 +63,11 @@ def local_features_from_proto(message: common_pb2.LocalFeatures) -> LocalFeature
         image_width=message.image_width,
         image_height=message.image_height,
     )
+
+
+def metadata_to_proto(label: str, attributes: dict[str, str]) -> common_pb2.ItemMetadata:
+    return common_pb2.ItemMetadata(label=label, attributes=attributes)
+
+
+def filter_to_proto(label: str, attributes: dict[str, str]) -> common_pb2.Filter:
+    return common_pb2.Filter(label=label, attributes=attributes)

@@ -9,8 +9,10 @@ from services.common.grpc_client import call, make_channel
 from services.common.local_features import LocalFeatures
 from services.common.proto_convert import (
     RERANK_MODES_BY_NAME,
+    filter_to_proto,
     local_features_from_proto,
     local_features_to_proto,
+    metadata_to_proto,
     vectors_from_proto,
     vectors_to_proto,
 )
@@ -21,6 +23,7 @@ from services.gateway.ports import (
     ShardHit,
     ShardInfo,
 )
+from services.indexer.vector_index import ItemMeta, SearchFilter
 from visearch.v1 import (
     embedder_pb2,
     embedder_pb2_grpc,
@@ -65,10 +68,18 @@ class GrpcShard:
         self._peer = f"shard {shard}"
 
     def upsert(
-        self, collection: str, ids: list[str], vectors: np.ndarray, timeout: float | None
+        self,
+        collection: str,
+        ids: list[str],
+        vectors: np.ndarray,
+        metadata: list[ItemMeta],
+        timeout: float | None,
     ) -> None:
         request = indexer_pb2.UpsertRequest(
-            collection=collection, ids=ids, vectors=vectors_to_proto(vectors)
+            collection=collection,
+            ids=ids,
+            vectors=vectors_to_proto(vectors),
+            metadata=[metadata_to_proto(m.label, m.attributes) for m in metadata],
         )
         call(self._stub.Upsert, request, timeout=timeout, peer=self._peer)
 
@@ -77,10 +88,18 @@ class GrpcShard:
         return call(self._stub.Delete, request, timeout=timeout, peer=self._peer).deleted
 
     def search(
-        self, collection: str, queries: np.ndarray, k: int, timeout: float | None
+        self,
+        collection: str,
+        queries: np.ndarray,
+        k: int,
+        search_filter: SearchFilter,
+        timeout: float | None,
     ) -> list[list[ShardHit]]:
         request = indexer_pb2.IndexSearchRequest(
-            collection=collection, queries=vectors_to_proto(queries), k=k
+            collection=collection,
+            queries=vectors_to_proto(queries),
+            k=k,
+            filter=filter_to_proto(search_filter.label, search_filter.attributes),
         )
         response = call(self._stub.Search, request, timeout=timeout, peer=self._peer)
         return [[ShardHit(n.id, n.score) for n in result.neighbors] for result in response.results]

@@ -39,6 +39,7 @@ from services.gateway.ports import (
 )
 from services.gateway.sharding import shard_of
 from services.indexer.core import check_collection_name
+from services.indexer.vector_index import ItemMeta, SearchFilter
 
 ResultT = TypeVar("ResultT")
 
@@ -160,11 +161,16 @@ class GatewayCore:
             )
         digests = [sha256_hex(data) for data in images]
         self._store_blobs(images, digests, features, config.local_feature_type)
+        shards = [shard_of(item.id, config.shards) for item in items]
+        by_shard: dict[int, list[int]] = defaultdict(list)
+        for position, shard in enumerate(shards):
+            by_shard[shard].append(position)
+        self._upsert_by_shard(collection, items, embedded.vectors, by_shard, deadline)
+        # Metadata is written last: it is the commit point that makes an id visible
+        # (search drops index hits without metadata).
         now = time.time()
         outcomes = []
-        by_shard: dict[int, list[int]] = defaultdict(list)
         for position, item in enumerate(items):
-            shard = shard_of(item.id, config.shards)
             replaced = self._s.metadata.put_image(
                 collection,
                 ImageMeta(
@@ -172,14 +178,12 @@ class GatewayCore:
                     sha256=digests[position],
                     label=item.label,
                     model_version=config.model_version,
-                    shard=shard,
+                    shard=shards[position],
                     ingested_at=now,
                     attributes=dict(item.attributes),
                 ),
             )
-            by_shard[shard].append(position)
-            outcomes.append(IngestOutcome(item.id, digests[position], shard, replaced))
-        self._upsert_by_shard(collection, items, embedded.vectors, by_shard, deadline)
+            outcomes.append(IngestOutcome(item.id, digests[position], shards[position], replaced))
         return outcomes
 
     def _image_bytes(self, data: bytes, object_key: str, what: str) -> bytes:
@@ -225,6 +229,7 @@ class GatewayCore:
                 collection,
                 [items[p].id for p in positions],
                 vectors[positions],
+                [ItemMeta(items[p].label, dict(items[p].attributes)) for p in positions],
                 deadline.remaining(),
             )
             for shard, positions in by_shard.items()
@@ -241,6 +246,7 @@ class GatewayCore:
         k = validation.resolve_k(query.k)
         mode = query.rerank or config.default_rerank
         validation.check_rerank_mode(mode)
+        validation.check_filter(query.search_filter)
         image = self._image_bytes(query.image, query.object_key, "query")
         if not image:
             raise InvalidArgumentError("search needs a query image (bytes or object key)")
@@ -260,7 +266,9 @@ class GatewayCore:
             )
         depth = max(k, config.rerank_depth) if mode == "geometric" else k
         t0 = time.perf_counter()
-        merged, missing = self._scatter_gather(config, embedded.vectors, depth, deadline)
+        merged, missing = self._scatter_gather(
+            config, embedded.vectors, depth, query.search_filter, deadline
+        )
         timings["index"] = _ms_since(t0)
         if missing and query.require_complete:
             raise UnavailableError(
@@ -298,12 +306,19 @@ class GatewayCore:
         return features
 
     def _scatter_gather(
-        self, config: CollectionConfig, vectors: np.ndarray, depth: int, deadline: Deadline
+        self,
+        config: CollectionConfig,
+        vectors: np.ndarray,
+        depth: int,
+        search_filter: SearchFilter,
+        deadline: Deadline,
     ) -> tuple[list[ShardHit], list[int]]:
         """Searches every shard in parallel; exact top-`depth` merge of those that answered."""
         remaining = deadline.remaining() * self._settings.shard_time_fraction
         futures = {
-            self._pool.submit(port.search, config.name, vectors, depth, remaining): port.shard
+            self._pool.submit(
+                port.search, config.name, vectors, depth, search_filter, remaining
+            ): port.shard
             for port in self._s.shards
         }
         done, _not_done = wait(futures, timeout=remaining)

@@ -8,6 +8,7 @@ from typing import Protocol
 import numpy as np
 
 from services.common.local_features import LocalFeatures
+from services.indexer.vector_index import NO_FILTER, ItemMeta, SearchFilter
 
 
 @dataclass(frozen=True)
@@ -57,13 +58,23 @@ class ShardPort(Protocol):
     shard: int
 
     def upsert(
-        self, collection: str, ids: list[str], vectors: np.ndarray, timeout: float | None
+        self,
+        collection: str,
+        ids: list[str],
+        vectors: np.ndarray,
+        metadata: list[ItemMeta],
+        timeout: float | None,
     ) -> None: ...
 
     def delete(self, collection: str, ids: list[str], timeout: float | None) -> int: ...
 
     def search(
-        self, collection: str, queries: np.ndarray, k: int, timeout: float | None
+        self,
+        collection: str,
+        queries: np.ndarray,
+        k: int,
+        search_filter: SearchFilter,
+        timeout: float | None,
     ) -> list[list[ShardHit]]: ...
 
     def stats(self, collection: str, timeout: float | None) -> ShardInfo: ...
@@ -100,6 +111,7 @@ class SearchQuery:
     k: int = 10
     rerank: str = ""  # "" = collection default, "none", "geometric"
     require_complete: bool = False
+    search_filter: SearchFilter = NO_FILTER
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from services.common.grpc_server import LoadingSlot
 from services.common.proto_convert import RERANK_MODE_NAMES, RERANK_MODES_BY_NAME
 from services.gateway.core import GatewayCore
 from services.gateway.ports import IngestItem, SearchQuery
+from services.indexer.vector_index import SearchFilter
 from visearch.v1 import gateway_pb2, gateway_pb2_grpc
 
 
@@ -72,6 +73,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             k=request.k,
             rerank=RERANK_MODE_NAMES.get(request.rerank, "?"),
             require_complete=request.require_complete,
+            search_filter=SearchFilter(request.filter.label, dict(request.filter.attributes)),
         )
         outcome = self._slot.get().search(query, context.time_remaining())
         return gateway_pb2.SearchResponse(

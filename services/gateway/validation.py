@@ -6,6 +6,7 @@ import re
 
 from services.common.errors import InvalidArgumentError
 from services.gateway.ports import IngestItem
+from services.indexer.vector_index import SearchFilter
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 MAX_ITEMS_PER_INGEST = 256
@@ -75,3 +76,14 @@ def check_rerank_mode(mode: str) -> None:
         raise InvalidArgumentError(
             f"rerank mode {mode!r} is not supported; use one of {', '.join(RERANK_MODES)}"
         )
+
+
+def check_filter(search_filter: SearchFilter) -> None:
+    if len(search_filter.label) > MAX_LABEL_CHARS:
+        raise InvalidArgumentError(f"filter label is longer than {MAX_LABEL_CHARS} characters")
+    if len(search_filter.attributes) > MAX_ATTRIBUTES:
+        raise InvalidArgumentError(
+            f"filter has {len(search_filter.attributes)} attributes; at most {MAX_ATTRIBUTES}"
+        )
+    if any(not key for key in search_filter.attributes):
+        raise InvalidArgumentError("filter attribute names must not be empty")

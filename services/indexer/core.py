@@ -18,7 +18,13 @@ from services.indexer.durability import (
     SnapshotStore,
     WriteAheadLog,
 )
-from services.indexer.vector_index import Neighbor, VectorIndex
+from services.indexer.vector_index import (
+    NO_FILTER,
+    ItemMeta,
+    Neighbor,
+    SearchFilter,
+    VectorIndex,
+)
 
 COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 START_SEQ = "0-0"
@@ -83,8 +89,17 @@ class Shard:
     def durable(self) -> bool:
         return self._wal is not None and self._snapshots is not None
 
-    def upsert(self, collection: str, ids: list[str], vectors: np.ndarray) -> int:
-        """vectors: float32 [n, d]. Logged, then applied. Returns the collection's size."""
+    def upsert(
+        self,
+        collection: str,
+        ids: list[str],
+        vectors: np.ndarray,
+        metadata: list[ItemMeta] | None = None,
+    ) -> int:
+        """vectors: float32 [n, d]; metadata: None or one per id. Logged, then applied.
+
+        Returns the collection's size.
+        """
         check_collection_name(collection)
         if len(set(ids)) != len(ids):
             raise InvalidArgumentError("duplicate ids in one upsert")
@@ -92,11 +107,13 @@ class Shard:
             raise InvalidArgumentError("upsert needs at least one vector")
         entry = self._collection(collection, create_dims=vectors.shape[1])
         checked = entry.index.check_upsert(ids, vectors)
+        if metadata is not None and len(metadata) != len(ids):
+            raise InvalidArgumentError(f"{len(ids)} ids but {len(metadata)} metadata entries")
         with entry.write_lock:
             if self._wal is not None:
-                entry.applied_seq = self._wal.append(collection, OP_UPSERT, ids, checked)
+                entry.applied_seq = self._wal.append(collection, OP_UPSERT, ids, checked, metadata)
                 entry.wal_lag_entries += 1
-            entry.index.upsert(ids, checked)
+            entry.index.upsert(ids, checked, metadata)
         return entry.index.size
 
     def delete(self, collection: str, ids: list[str]) -> tuple[int, int]:
@@ -108,13 +125,17 @@ class Shard:
             return 0, 0
         with entry.write_lock:
             if self._wal is not None:
-                entry.applied_seq = self._wal.append(collection, OP_DELETE, ids, None)
+                entry.applied_seq = self._wal.append(collection, OP_DELETE, ids, None, None)
                 entry.wal_lag_entries += 1
             deleted = entry.index.delete(ids)
         return deleted, entry.index.size
 
     def search(
-        self, collection: str, queries: np.ndarray, k: int
+        self,
+        collection: str,
+        queries: np.ndarray,
+        k: int,
+        search_filter: SearchFilter = NO_FILTER,
     ) -> tuple[list[list[Neighbor]], str]:
         """queries: float32 [q, d]. A collection this shard never saw is empty."""
         check_collection_name(collection)
@@ -122,7 +143,7 @@ class Shard:
             entry = self._collections.get(collection)
         if entry is None:
             return [[] for _ in range(len(queries))], "exact"
-        return entry.index.search(queries, k), entry.index.method
+        return entry.index.search(queries, k, search_filter)
 
     def stats(self, collection: str = "") -> list[CollectionStats]:
         with self._lock:
@@ -156,16 +177,18 @@ class Shard:
         for name in names:
             snapshot = self._snapshots.latest(name) if self._snapshots is not None else None
             after = START_SEQ
-            if snapshot is not None and len(snapshot.ids):
-                entry = self._collection(name, create_dims=snapshot.vectors.shape[1])
-                entry.index.upsert(snapshot.ids, snapshot.vectors)
-                entry.applied_seq = entry.snapshot_seq = after = snapshot.seq
+            if snapshot is not None:
+                after = snapshot.seq
                 from_snapshots += 1
+            if snapshot is not None and snapshot.ids:
+                entry = self._collection(name, create_dims=snapshot.vectors.shape[1])
+                entry.index.upsert(snapshot.ids, snapshot.vectors, snapshot.metadata)
+                entry.applied_seq = entry.snapshot_seq = snapshot.seq
             for wal_entry in self._wal.read_after(name, after):
                 replayed += 1
                 if wal_entry.op == OP_UPSERT and wal_entry.vectors is not None:
                     entry = self._collection(name, create_dims=wal_entry.vectors.shape[1])
-                    entry.index.upsert(wal_entry.ids, wal_entry.vectors)
+                    entry.index.upsert(wal_entry.ids, wal_entry.vectors, wal_entry.metadata)
                 else:
                     with self._lock:
                         existing = self._collections.get(name)
@@ -190,10 +213,10 @@ class Shard:
         with entry.write_lock:
             seq = entry.applied_seq
             lag = entry.wal_lag_entries
-            ids, vectors = entry.index.export()
+            ids, vectors, metadata = entry.index.export()
         if seq == entry.snapshot_seq:
             return seq
-        self._snapshots.save(collection, Snapshot(seq, ids, vectors))
+        self._snapshots.save(collection, Snapshot(seq, ids, vectors, metadata))
         with entry.write_lock:
             entry.snapshot_seq = seq
             entry.snapshot_at = time.time()

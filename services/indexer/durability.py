@@ -22,6 +22,7 @@ import redis
 
 from services.common.errors import UnavailableError
 from services.common.objectstore import ObjectStore
+from services.indexer.vector_index import ItemMeta
 
 OP_UPSERT = "upsert"
 OP_DELETE = "delete"
@@ -34,6 +35,7 @@ class WalEntry:
     op: str
     ids: list[str]
     vectors: np.ndarray | None  # float32 [n, d] for upserts
+    metadata: list[ItemMeta] | None = None
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,19 @@ class Snapshot:
     seq: str
     ids: list[str]
     vectors: np.ndarray  # float32 [n, d]
+    metadata: list[ItemMeta]
+
+
+def _metadata_json(metadata: list[ItemMeta] | None) -> str:
+    if metadata is None:
+        return ""
+    return json.dumps([[m.label, m.attributes] for m in metadata])
+
+
+def _metadata_from_json(text: str | bytes) -> list[ItemMeta] | None:
+    if not text:
+        return None
+    return [ItemMeta(label, dict(attributes)) for label, attributes in json.loads(text)]
 
 
 def seq_key(seq: str) -> tuple[int, int]:
@@ -50,7 +65,14 @@ def seq_key(seq: str) -> tuple[int, int]:
 
 
 class WriteAheadLog(Protocol):
-    def append(self, collection: str, op: str, ids: list[str], vectors: np.ndarray | None) -> str:
+    def append(
+        self,
+        collection: str,
+        op: str,
+        ids: list[str],
+        vectors: np.ndarray | None,
+        metadata: list[ItemMeta] | None,
+    ) -> str:
         """Durably appends one operation; returns its sequence number."""
         ...
 
@@ -87,7 +109,14 @@ class RedisWriteAheadLog:
     def _key(self, collection: str) -> str:
         return f"wal:{collection}:{self._shard}"
 
-    def append(self, collection: str, op: str, ids: list[str], vectors: np.ndarray | None) -> str:
+    def append(
+        self,
+        collection: str,
+        op: str,
+        ids: list[str],
+        vectors: np.ndarray | None,
+        metadata: list[ItemMeta] | None,
+    ) -> str:
         dims = 0 if vectors is None else int(vectors.shape[1])
         try:
             with self._redis.pipeline(transaction=True) as pipe:
@@ -124,7 +153,8 @@ class RedisWriteAheadLog:
                     if dims
                     else None
                 )
-                yield WalEntry(seq, fields[b"op"].decode(), ids, vectors)
+                metadata = _metadata_from_json(fields.get(b"meta", b""))
+                yield WalEntry(seq, fields[b"op"].decode(), ids, vectors, metadata)
                 start = f"({seq}"
 
     def trim_before(self, collection: str, seq: str) -> None:
@@ -147,7 +177,10 @@ class ObjectSnapshotStore:
     def save(self, collection: str, snapshot: Snapshot) -> None:
         buffer = io.BytesIO()
         np.savez(
-            buffer, ids=np.asarray(snapshot.ids, dtype=object).astype(str), vectors=snapshot.vectors
+            buffer,
+            ids=np.asarray(snapshot.ids, dtype=str),
+            vectors=snapshot.vectors,
+            metadata=np.asarray([_metadata_json(snapshot.metadata)], dtype=str),
         )
         key = f"{self._bucket}/{collection}/{self._shard}/{snapshot.seq}/vectors.npz"
         self._store.put(key, buffer.getvalue())
@@ -161,7 +194,9 @@ class ObjectSnapshotStore:
             return None
         meta = json.loads(pointer)
         with np.load(io.BytesIO(self._store.get(meta["key"])), allow_pickle=False) as data:
-            return Snapshot(meta["seq"], [str(i) for i in data["ids"]], data["vectors"])
+            ids = [str(i) for i in data["ids"]]
+            metadata = _metadata_from_json(str(data["metadata"][0])) or [ItemMeta()] * len(ids)
+            return Snapshot(meta["seq"], ids, data["vectors"], metadata)
 
 
 class InMemoryWriteAheadLog:
@@ -172,12 +207,20 @@ class InMemoryWriteAheadLog:
         self._counter = 0
         self._lock = threading.Lock()
 
-    def append(self, collection: str, op: str, ids: list[str], vectors: np.ndarray | None) -> str:
+    def append(
+        self,
+        collection: str,
+        op: str,
+        ids: list[str],
+        vectors: np.ndarray | None,
+        metadata: list[ItemMeta] | None,
+    ) -> str:
         with self._lock:
             self._counter += 1
             seq = f"{self._counter}-0"
             copy = None if vectors is None else np.array(vectors, dtype=np.float32)
-            self._entries.setdefault(collection, []).append(WalEntry(seq, op, list(ids), copy))
+            entry = WalEntry(seq, op, list(ids), copy, metadata)
+            self._entries.setdefault(collection, []).append(entry)
             return seq
 
     def read_after(self, collection: str, after: str) -> Iterator[WalEntry]:

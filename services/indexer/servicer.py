@@ -10,6 +10,7 @@ from services.common.errors import FailedPreconditionError, InvalidArgumentError
 from services.common.metrics import ServiceMetrics
 from services.common.proto_convert import vectors_from_proto
 from services.indexer.core import Shard
+from services.indexer.vector_index import ItemMeta, SearchFilter
 from visearch.v1 import indexer_pb2, indexer_pb2_grpc
 
 
@@ -54,7 +55,8 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
         vectors = vectors_from_proto(request.vectors)
         if len(request.ids) != len(vectors):
             raise InvalidArgumentError(f"{len(request.ids)} ids but {len(vectors)} vectors")
-        size = self._shard.upsert(request.collection, list(request.ids), vectors)
+        metadata = [ItemMeta(m.label, dict(m.attributes)) for m in request.metadata] or None
+        size = self._shard.upsert(request.collection, list(request.ids), vectors, metadata)
         self._record(request.collection)
         return indexer_pb2.UpsertResponse(upserted=len(request.ids), size=size)
 
@@ -73,7 +75,8 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
         if len(queries) == 0:
             raise InvalidArgumentError("search needs at least one query vector")
         start = time.perf_counter()
-        results, method = self._shard.search(request.collection, queries, request.k)
+        search_filter = SearchFilter(request.filter.label, dict(request.filter.attributes))
+        results, method = self._shard.search(request.collection, queries, request.k, search_filter)
         self._search_seconds.labels(self._shard_label, method).observe(time.perf_counter() - start)
         return indexer_pb2.IndexSearchResponse(
             shard=self._shard.shard_id,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import scann
@@ -48,6 +48,32 @@ class Neighbor:
     score: float
 
 
+@dataclass(frozen=True)
+class ItemMeta:
+    """What filters match on, kept beside each vector."""
+
+    label: str = ""
+    attributes: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SearchFilter:
+    label: str = ""
+    attributes: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def empty(self) -> bool:
+        return not self.label and not self.attributes
+
+
+NO_FILTER = SearchFilter()
+# A filter keeping at most this share of the index (or fewer than the exact
+# threshold) is searched exactly over the matching rows; broader ones use
+# ScaNN over-fetching within the shard, topped up exactly when short.
+SELECTIVE_FILTER_FRACTION = 0.05
+MAX_FILTERED_FETCH = 5000
+
+
 class VectorIndex:
     """Thread-safe index of (id -> vector [dims] float32) for one collection."""
 
@@ -58,6 +84,9 @@ class VectorIndex:
         self._live = np.zeros(INITIAL_CAPACITY, dtype=bool)
         self._ids: list[str | None] = [None] * INITIAL_CAPACITY
         self._row_of: dict[str, int] = {}
+        self._meta: list[ItemMeta | None] = [None] * INITIAL_CAPACITY
+        self._rows_by_label: dict[str, set[int]] = {}
+        self._rows_by_attribute: dict[tuple[str, str], set[int]] = {}
         self._free_rows: list[int] = []
         self._high_water = 0
         self._scann: scann.scann_ops_pybind.ScannSearcher | None = None
@@ -81,18 +110,28 @@ class VectorIndex:
             raise InvalidArgumentError(f"{len(ids)} ids but {array.shape[0]} vectors")
         return array
 
-    def upsert(self, ids: list[str], vectors: np.ndarray) -> None:
-        """vectors: float32 [n, dims], L2-normalised. An existing id is replaced."""
+    def upsert(
+        self, ids: list[str], vectors: np.ndarray, metadata: list[ItemMeta] | None = None
+    ) -> None:
+        """vectors: float32 [n, dims], L2-normalised; metadata: None or one per id.
+
+        An existing id is replaced (vector and metadata).
+        """
         vectors = self.check_upsert(ids, vectors)
+        if metadata is not None and len(metadata) != len(ids):
+            raise InvalidArgumentError(f"{len(ids)} ids but {len(metadata)} metadata entries")
         with self._lock:
-            for image_id, vector in zip(ids, vectors, strict=True):
+            for position, (image_id, vector) in enumerate(zip(ids, vectors, strict=True)):
                 row = self._row_of.get(image_id)
                 if row is None:
                     row = self._take_row()
                     self._row_of[image_id] = row
                     self._ids[row] = image_id
                     self._live[row] = True
+                else:
+                    self._unindex_meta(row)
                 self._matrix[row] = vector
+                self._index_meta(row, metadata[position] if metadata is not None else ItemMeta())
             if self._scann is not None:
                 self._scann.upsert(list(ids), vectors)
             elif self.size >= self.exact_threshold:
@@ -104,6 +143,7 @@ class VectorIndex:
             present = [image_id for image_id in ids if image_id in self._row_of]
             for image_id in present:
                 row = self._row_of.pop(image_id)
+                self._unindex_meta(row)
                 self._live[row] = False
                 self._ids[row] = None
                 self._free_rows.append(row)
@@ -111,36 +151,94 @@ class VectorIndex:
                 self._scann.delete(present)
             return len(present)
 
-    def export(self) -> tuple[list[str], np.ndarray]:
-        """A consistent copy of the live entries: ids and float32 [n, dims] vectors."""
+    def export(self) -> tuple[list[str], np.ndarray, list[ItemMeta]]:
+        """A consistent copy of the live entries: ids, float32 [n, dims] vectors, metadata."""
         with self._lock:
             live_rows = np.flatnonzero(self._live[: self._high_water])
-            return [self._ids[row] or "" for row in live_rows], self._matrix[live_rows].copy()
+            return (
+                [self._ids[row] or "" for row in live_rows],
+                self._matrix[live_rows].copy(),
+                [self._meta[row] or ItemMeta() for row in live_rows],
+            )
 
-    def search(self, queries: np.ndarray, k: int) -> list[list[Neighbor]]:
-        """queries: float32 [q, dims]; returns q lists of up to k neighbours, best first."""
+    def search(
+        self, queries: np.ndarray, k: int, search_filter: SearchFilter = NO_FILTER
+    ) -> tuple[list[list[Neighbor]], str]:
+        """queries: float32 [q, dims]; returns q lists of up to k neighbours (best first)
+        and the method used ("exact", "scann", "exact-filtered", "scann-filtered")."""
         queries = self._check_vectors(queries, "queries")
         if not 1 <= k <= MAX_K:
             raise InvalidArgumentError(f"k must be in 1..{MAX_K}, got {k}")
         with self._lock:
             if self.size == 0:
-                return [[] for _ in range(queries.shape[0])]
+                return [[] for _ in range(queries.shape[0])], "exact"
+            if not search_filter.empty:
+                return self._search_filtered(queries, k, search_filter)
             if self._use_scann():
-                return self._search_scann(queries, min(k, self.size))
-            return self._search_exact(queries, min(k, self.size))
+                return self._search_scann(queries, min(k, self.size)), "scann"
+            live_rows = np.flatnonzero(self._live[: self._high_water])
+            return self._search_exact(queries, min(k, self.size), live_rows), "exact"
 
-    def _search_exact(self, queries: np.ndarray, k: int) -> list[list[Neighbor]]:
-        rows = self._high_water
-        scores = queries @ self._matrix[:rows].T
-        scores[:, ~self._live[:rows]] = -np.inf
+    def _search_filtered(
+        self, queries: np.ndarray, k: int, search_filter: SearchFilter
+    ) -> tuple[list[list[Neighbor]], str]:
+        rows = self._matching_rows(search_filter)
+        if len(rows) == 0:
+            return [[] for _ in range(queries.shape[0])], "exact-filtered"
+        k = min(k, len(rows))
+        selective = len(rows) <= max(self.exact_threshold, SELECTIVE_FILTER_FRACTION * self.size)
+        if selective or not self._use_scann():
+            return self._search_exact(queries, k, rows), "exact-filtered"
+        allowed = set(rows.tolist())
+        fetch = min(self.size, MAX_FILTERED_FETCH, int(np.ceil(2 * k * self.size / len(rows))))
+        results = []
+        for query_index, found in enumerate(self._search_scann(queries, fetch)):
+            kept = [n for n in found if self._row_of.get(n.id) in allowed][:k]
+            if len(kept) < k:
+                kept = self._search_exact(queries[query_index : query_index + 1], k, rows)[0]
+            results.append(kept)
+        return results, "scann-filtered"
+
+    def _matching_rows(self, search_filter: SearchFilter) -> np.ndarray:
+        """Sorted int64 rows whose metadata satisfies every condition of the filter."""
+        row_sets = []
+        if search_filter.label:
+            row_sets.append(self._rows_by_label.get(search_filter.label, set()))
+        for pair in search_filter.attributes.items():
+            row_sets.append(self._rows_by_attribute.get(pair, set()))
+        row_sets.sort(key=len)
+        matching = set(row_sets[0]).intersection(*row_sets[1:])
+        return np.fromiter(sorted(matching), dtype=np.int64, count=len(matching))
+
+    def _search_exact(self, queries: np.ndarray, k: int, rows: np.ndarray) -> list[list[Neighbor]]:
+        """Exact top-k over the given live rows (int64 [m])."""
+        scores = queries @ self._matrix[rows].T
+        k = min(k, len(rows))
         top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
         results = []
         for query_index, candidates in enumerate(top):
             ordered = candidates[np.argsort(-scores[query_index, candidates], kind="stable")]
             results.append(
-                [Neighbor(self._ids[row] or "", float(scores[query_index, row])) for row in ordered]
+                [Neighbor(self._ids[rows[c]] or "", float(scores[query_index, c])) for c in ordered]
             )
         return results
+
+    def _index_meta(self, row: int, meta: ItemMeta) -> None:
+        self._meta[row] = meta
+        if meta.label:
+            self._rows_by_label.setdefault(meta.label, set()).add(row)
+        for pair in meta.attributes.items():
+            self._rows_by_attribute.setdefault(pair, set()).add(row)
+
+    def _unindex_meta(self, row: int) -> None:
+        meta = self._meta[row]
+        if meta is None:
+            return
+        if meta.label:
+            self._rows_by_label[meta.label].discard(row)
+        for pair in meta.attributes.items():
+            self._rows_by_attribute[pair].discard(row)
+        self._meta[row] = None
 
     def _search_scann(self, queries: np.ndarray, k: int) -> list[list[Neighbor]]:
         assert self._scann is not None
@@ -187,6 +285,7 @@ class VectorIndex:
         live[: self._high_water] = self._live[: self._high_water]
         self._matrix, self._live = matrix, live
         self._ids.extend([None] * (capacity - len(self._ids)))
+        self._meta.extend([None] * (capacity - len(self._meta)))
 
     def _check_vectors(self, vectors: np.ndarray, what: str) -> np.ndarray:
         array = np.asarray(vectors, dtype=np.float32)

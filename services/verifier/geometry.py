@@ -50,6 +50,7 @@ UNIT_NORM_TOLERANCE = 1e-3
 DUPLICATE_DECIMALS = 2  # matches at the same (query xy, candidate xy) to 0.01 px are one match
 
 EMPTY_PAIRS = np.zeros((0, 2), dtype=np.int32)
+NEXT_CORNER = np.array([1, 2, 3, 0])
 
 
 @dataclass(frozen=True)
@@ -185,12 +186,12 @@ def verify_pair(
     if transform is None or mask is None:
         return GeometricEvidence(matches=matches)
     inlier_mask = mask.ravel().astype(bool)
-    query_box = _apply(query_norm, _corners(query))
+    query_box = _apply(query_norm, _corners(query), np.float64)
     if not _plausible(transform, query_box, src[inlier_mask]):
         return GeometricEvidence(matches=matches)
 
     inliers = int(inlier_mask.sum())
-    original = np.linalg.inv(candidate_norm) @ transform @ query_norm
+    original = np.diag(1.0 / np.diag(candidate_norm)) @ transform @ query_norm
     return GeometricEvidence(
         matches=matches,
         inliers=inliers,
@@ -228,10 +229,12 @@ def _normaliser(features: LocalFeatures, reference_side: int) -> np.ndarray:
     return np.diag([scale, scale, 1.0])
 
 
-def _apply(transform: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """[3, 3] transform applied to [k, 2] points -> [k, 2] float32 (projective division)."""
+def _apply(
+    transform: np.ndarray, points: np.ndarray, dtype: type[np.floating] = np.float32
+) -> np.ndarray:
+    """[3, 3] transform applied to [k, 2] points -> [k, 2] (projective division)."""
     homogeneous = np.hstack([points, np.ones((len(points), 1))]) @ transform.T
-    return (homogeneous[:, :2] / homogeneous[:, 2:]).astype(np.float32)
+    return (homogeneous[:, :2] / homogeneous[:, 2:]).astype(dtype)
 
 
 def _corners(features: LocalFeatures) -> np.ndarray:
@@ -282,22 +285,30 @@ def _plausible(transform: np.ndarray, query_box: np.ndarray, inlier_src: np.ndar
     corners_w = np.hstack([query_box, np.ones((4, 1))]) @ h[2]
     if np.any(corners_w < MIN_PERSPECTIVE_DENOMINATOR):
         return False  # the query's image plane crosses the horizon: a folded projection
-    projected = _apply(h, query_box).astype(np.float64)
-    edges = np.roll(projected, -1, axis=0) - projected
-    following = np.roll(edges, -1, axis=0)
+    projected = _apply(h, query_box, np.float64)
+    edges = projected[NEXT_CORNER] - projected
+    following = edges[NEXT_CORNER]
     turns = edges[:, 0] * following[:, 1] - edges[:, 1] * following[:, 0]
     if np.any(turns <= 0):
         return False  # mirrored (orientation flips) or non-convex quadrilateral
     if len(inlier_src) == 0:
         return False
-    singular = np.linalg.svd(_jacobian(h, inlier_src.mean(axis=0)), compute_uv=False)
-    if singular[1] <= 0:
+    largest, smallest = _singular_values(_jacobian(h, inlier_src.mean(axis=0)))
+    if smallest <= 0:
         return False
-    scale = float(np.sqrt(singular[0] * singular[1]))
-    return (
-        1.0 / MAX_SCALE_CHANGE <= scale <= MAX_SCALE_CHANGE
-        and singular[0] / singular[1] <= MAX_ANISOTROPY
+    scale = np.sqrt(largest * smallest)
+    return bool(
+        1.0 / MAX_SCALE_CHANGE <= scale <= MAX_SCALE_CHANGE and largest / smallest <= MAX_ANISOTROPY
     )
+
+
+def _singular_values(matrix: np.ndarray) -> tuple[float, float]:
+    """Singular values (largest, smallest) of a [2, 2] matrix, in closed form."""
+    frobenius_sq = float(np.sum(matrix * matrix))
+    det = float(abs(matrix[0, 0] * matrix[1, 1] - matrix[0, 1] * matrix[1, 0]))
+    gap = np.sqrt(max(frobenius_sq * frobenius_sq - 4.0 * det * det, 0.0))
+    largest = np.sqrt((frobenius_sq + gap) / 2.0)
+    return float(largest), float(det / largest) if largest > 0 else 0.0
 
 
 def _jacobian(h: np.ndarray, point: np.ndarray) -> np.ndarray:

@@ -187,3 +187,25 @@ def test_images_by_object_key_and_size_limits(client, stack, samples):
     with pytest.raises(ResourceExhaustedError, match="above the limit"):
         client.ingest("keys", [IngestItem("big", image=too_big)])
     assert client.stats("keys").images == 1
+
+
+def test_search_filters_by_label_and_attribute(client, samples):
+    items = [
+        IngestItem(
+            p.stem,
+            image=p.read_bytes(),
+            label="grey" if i % 2 else "colour",
+            attributes={"set": "a" if i < 6 else "b"},
+        )
+        for i, p in enumerate(samples)
+    ]
+    client.ingest("filtered", items)
+    query = samples[1].read_bytes()
+    grey = client.search("filtered", query, k=20, label="grey", rerank="none").hits
+    assert grey[0].id == samples[1].stem
+    assert {h.label for h in grey} == {"grey"} and len(grey) == len(samples) // 2
+    narrow = client.search(
+        "filtered", query, k=20, label="colour", attributes={"set": "b"}, rerank="none"
+    ).hits
+    assert narrow and all(h.label == "colour" and h.attributes["set"] == "b" for h in narrow)
+    assert client.search("filtered", query, label="nothing-has-this").hits == []

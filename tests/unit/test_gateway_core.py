@@ -26,6 +26,7 @@ from services.gateway.ports import (
     ShardInfo,
 )
 from services.indexer.core import Shard
+from services.indexer.vector_index import SearchFilter
 
 LIMITS = ImageLimits(max_bytes=1_000_000)
 
@@ -65,17 +66,17 @@ class InProcessShard:
         self.delay_s = delay_s
         self.broken = broken
 
-    def upsert(self, collection, ids, vectors, timeout):
-        self.core.upsert(collection, ids, vectors)
+    def upsert(self, collection, ids, vectors, metadata, timeout):
+        self.core.upsert(collection, ids, vectors, metadata)
 
     def delete(self, collection, ids, timeout):
         return self.core.delete(collection, ids)[0]
 
-    def search(self, collection, queries, k, timeout):
+    def search(self, collection, queries, k, search_filter, timeout):
         time.sleep(self.delay_s)
         if self.broken:
             raise UnavailableError(f"shard {self.shard}: connection refused")
-        results, _ = self.core.search(collection, queries, k)
+        results, _ = self.core.search(collection, queries, k, search_filter)
         return [[ShardHit(n.id, n.score) for n in r] for r in results]
 
     def stats(self, collection, timeout):
@@ -195,3 +196,37 @@ def test_geometric_mode_uses_the_verifier_order(gateway):
     geometric = gateway.search(SearchQuery("c", image=jpeg(0), k=3, rerank="geometric"), None).hits
     assert [h.id for h in geometric] == [h.id for h in plain][::-1]
     assert geometric[0].reason == "reversed"
+
+
+def test_filters_are_applied_inside_the_shards(gateway):
+    items = [
+        IngestItem(
+            f"id-{i}",
+            image=jpeg(i),
+            label="even" if i % 2 == 0 else "odd",
+            attributes={"shop": "north" if i < 4 else "south"},
+        )
+        for i in range(8)
+    ]
+    gateway.ingest("c", items, create=True, timeout_s=None)
+    query = jpeg(3)
+    odd = gateway.search(
+        SearchQuery("c", image=query, k=8, rerank="none", search_filter=SearchFilter("odd")), None
+    ).hits
+    assert odd[0].id == "id-3"
+    assert {h.id for h in odd} == {"id-1", "id-3", "id-5", "id-7"}
+    both = gateway.search(
+        SearchQuery(
+            "c",
+            image=query,
+            k=8,
+            rerank="none",
+            search_filter=SearchFilter("even", {"shop": "south"}),
+        ),
+        None,
+    ).hits
+    assert {h.id for h in both} == {"id-4", "id-6"}
+    with pytest.raises(InvalidArgumentError, match="attribute names"):
+        gateway.search(
+            SearchQuery("c", image=query, search_filter=SearchFilter("", {"": "x"})), None
+        )

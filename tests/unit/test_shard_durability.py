@@ -6,6 +6,7 @@ import pytest
 from services.common.errors import InvalidArgumentError
 from services.indexer.core import Shard
 from services.indexer.durability import InMemorySnapshotStore, InMemoryWriteAheadLog
+from services.indexer.vector_index import ItemMeta, SearchFilter
 
 
 def unit(rng, n, dims=16):
@@ -81,3 +82,18 @@ def test_rejected_upserts_are_not_logged():
     with pytest.raises(InvalidArgumentError):
         shard.upsert("c", ["y"], np.eye(5, dtype=np.float32)[:1])
     assert wal.length("c") == 1
+
+
+def test_metadata_survives_snapshot_and_replay():
+    rng = np.random.default_rng(3)
+    wal, snaps = InMemoryWriteAheadLog(), InMemorySnapshotStore()
+    shard = Shard(0, 1000, wal, snaps)
+    shard.upsert("c", ["x", "y"], unit(rng, 2), [ItemMeta("red"), ItemMeta("blue", {"k": "v"})])
+    shard.snapshot("c")
+    shard.upsert("c", ["z"], unit(rng, 1), [ItemMeta("red")])
+    restarted = Shard(0, 1000, wal, snaps)
+    restarted.recover()
+    red, _ = restarted.search("c", unit(rng, 1), 10, SearchFilter("red"))
+    assert sorted(n.id for n in red[0]) == ["x", "z"]
+    tagged, _ = restarted.search("c", unit(rng, 1), 10, SearchFilter("", {"k": "v"}))
+    assert [n.id for n in tagged[0]] == ["y"]

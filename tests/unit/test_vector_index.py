@@ -3,7 +3,7 @@ import pytest
 
 from services.common.errors import InvalidArgumentError
 from services.indexer.core import Shard
-from services.indexer.vector_index import VectorIndex
+from services.indexer.vector_index import ItemMeta, SearchFilter, VectorIndex
 
 
 def clustered_unit_vectors(n: int, dims: int, clusters: int, seed: int) -> np.ndarray:
@@ -23,7 +23,7 @@ def test_exact_search_matches_brute_force():
     index = VectorIndex(32, exact_threshold=10_000)
     index.upsert([f"id{i}" for i in range(500)], data)
     queries = clustered_unit_vectors(20, 32, 10, seed=2)
-    results = index.search(queries, 10)
+    results = index.search(queries, 10)[0]
     expected = brute_force(data, queries, 10)
     assert index.method == "exact"
     for got, want in zip(results, expected, strict=True):
@@ -41,7 +41,7 @@ def test_scann_recall_against_brute_force_and_updates():
     assert index.method == "scann"
     queries = clustered_unit_vectors(100, 64, 50, seed=4)
     expected = brute_force(data, queries, 10)
-    results = index.search(queries, 10)
+    results = index.search(queries, 10)[0]
     recall = np.mean(
         [
             len({n.id for n in got} & {f"id{i}" for i in want}) / 10
@@ -51,9 +51,9 @@ def test_scann_recall_against_brute_force_and_updates():
     assert recall >= 0.9
     # Upserts and deletes after the build are visible to the ScaNN searcher.
     index.upsert(["fresh"], queries[:1])
-    assert index.search(queries[:1], 1)[0][0].id == "fresh"
+    assert index.search(queries[:1], 1)[0][0][0].id == "fresh"
     index.delete(["fresh"])
-    assert "fresh" not in {n.id for n in index.search(queries[:1], 10)[0]}
+    assert "fresh" not in {n.id for n in index.search(queries[:1], 10)[0][0]}
 
 
 def test_upsert_replaces_and_delete_removes():
@@ -63,9 +63,9 @@ def test_upsert_replaces_and_delete_removes():
     index.upsert(["x"], a)
     index.upsert(["x"], b)
     assert index.size == 1
-    assert index.search(b, 1)[0][0].score == pytest.approx(1.0)
+    assert index.search(b, 1)[0][0][0].score == pytest.approx(1.0)
     assert index.delete(["x", "missing"]) == 1
-    assert index.search(b, 5) == [[]]
+    assert index.search(b, 5)[0] == [[]]
 
 
 def test_rows_are_reused_and_capacity_grows():
@@ -75,7 +75,7 @@ def test_rows_are_reused_and_capacity_grows():
     index.delete([str(i) for i in range(0, 3000, 2)])
     index.upsert([f"n{i}" for i in range(1500)], data[:1500])
     assert index.size == 3000
-    top = index.search(data[1:2], 1)[0][0]
+    top = index.search(data[1:2], 1)[0][0][0]
     assert top.id in {"1", "n1"}
 
 
@@ -98,3 +98,53 @@ def test_shard_collections_are_separate():
         shard.upsert("a", ["1", "1"], np.eye(4, dtype=np.float32)[:2])
     with pytest.raises(InvalidArgumentError, match="collection name"):
         shard.upsert("bad name!", ["1"], np.eye(4, dtype=np.float32)[:1])
+
+
+def brute_force_subset(data, queries, rows, k):
+    scores = queries @ data[rows].T
+    return [[rows[i] for i in np.argsort(-row, kind="stable")[:k]] for row in scores]
+
+
+@pytest.mark.parametrize("threshold", [100_000, 1000])  # exact index / ScaNN index
+def test_filtered_search_is_exact_for_selective_filters_and_complete_for_broad_ones(threshold):
+    data = clustered_unit_vectors(8000, 32, 40, seed=7)
+    ids = [f"id{i}" for i in range(len(data))]
+    labels = ["rare" if i % 100 == 0 else ("common" if i % 2 else "other") for i in range(8000)]
+    shops = ["north" if i % 3 == 0 else "south" for i in range(8000)]
+    index = VectorIndex(32, exact_threshold=threshold)
+    index.upsert(
+        ids, data, [ItemMeta(lab, {"shop": shop}) for lab, shop in zip(labels, shops, strict=True)]
+    )
+    queries = clustered_unit_vectors(20, 32, 40, seed=8)
+
+    rare_rows = [i for i in range(8000) if labels[i] == "rare"]
+    results, method = index.search(queries, 10, SearchFilter("rare"))
+    assert method == "exact-filtered"
+    for got, want in zip(results, brute_force_subset(data, queries, rare_rows, 10), strict=True):
+        assert [n.id for n in got] == [ids[i] for i in want]
+
+    rows = [i for i in range(8000) if labels[i] == "common" and shops[i] == "north"]
+    results, method = index.search(queries, 10, SearchFilter("common", {"shop": "north"}))
+    assert method == ("scann-filtered" if threshold == 1000 else "exact-filtered")
+    expected = brute_force_subset(data, queries, rows, 10)
+    allowed = {ids[i] for i in rows}
+    recall = np.mean(
+        [
+            len({n.id for n in g} & {ids[i] for i in w}) / 10
+            for g, w in zip(results, expected, strict=True)
+        ]
+    )
+    assert all(len(r) == 10 and {n.id for n in r} <= allowed for r in results)
+    assert recall >= 0.9
+    assert index.search(queries, 5, SearchFilter("missing"))[0] == [[]] * 20
+
+
+def test_metadata_follows_replacement_and_deletion():
+    index = VectorIndex(4, exact_threshold=100)
+    v = np.eye(4, dtype=np.float32)
+    index.upsert(["a"], v[:1], [ItemMeta("red")])
+    index.upsert(["a"], v[:1], [ItemMeta("blue")])
+    assert index.search(v[:1], 5, SearchFilter("red"))[0] == [[]]
+    assert [n.id for n in index.search(v[:1], 5, SearchFilter("blue"))[0][0]] == ["a"]
+    index.delete(["a"])
+    assert index.search(v[:1], 5, SearchFilter("blue"))[0] == [[]]

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from visearch.v1 import common_pb2 as visearch_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19visearch/v1/gateway.proto\x12\x0bvisearch.v1\x1a\x18visearch/v1/common.proto\"\xa4\x01\n\nCollection\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x0e\n\x06shards\x18\x03 \x01(\x05\x12/\n\x0e\x64\x65\x66\x61ult_rerank\x18\x04 \x01(\x0e\x32\x17.visearch.v1.RerankMode\x12\x1a\n\x12local_feature_type\x18\x05 \x01(\t\x12\x14\n\x0crerank_depth\x18\x06 \x01(\x05\"\x8a\x01\n\x17\x43reateCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12/\n\x0e\x64\x65\x66\x61ult_rerank\x18\x02 \x01(\x0e\x32\x17.visearch.v1.RerankMode\x12\x1a\n\x12local_feature_type\x18\x03 \x01(\t\x12\x14\n\x0crerank_depth\x18\x04 \x01(\x05\"\xba\x01\n\nIngestItem\x12\n\n\x02id\x18\x01 \x01(\t\x12!\n\x05image\x18\x02 \x01(\x0b\x32\x12.visearch.v1.Image\x12\r\n\x05label\x18\x03 \x01(\t\x12;\n\nattributes\x18\x04 \x03(\x0b\x32\'.visearch.v1.IngestItem.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"f\n\rIngestRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12&\n\x05items\x18\x02 \x03(\x0b\x32\x17.visearch.v1.IngestItem\x12\x19\n\x11\x63reate_collection\x18\x03 \x01(\x08\"K\n\x0cIngestResult\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\r\n\x05shard\x18\x03 \x01(\x05\x12\x10\n\x08replaced\x18\x04 \x01(\x08\"<\n\x0eIngestResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.visearch.v1.IngestResult\"\x94\x01\n\rSearchRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12!\n\x05image\x18\x02 \x01(\x0b\x32\x12.visearch.v1.Image\x12\t\n\x01k\x18\x03 \x01(\x05\x12\'\n\x06rerank\x18\x04 \x01(\x0e\x32\x17.visearch.v1.RerankMode\x12\x18\n\x10require_complete\x18\x05 \x01(\x08\"\xeb\x01\n\tSearchHit\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\r\n\x05label\x18\x03 \x01(\t\x12:\n\nattributes\x18\x04 \x03(\x0b\x32&.visearch.v1.SearchHit.AttributesEntry\x12\x14\n\x0cglobal_score\x18\x05 \x01(\x02\x12\x0f\n\x07inliers\x18\x06 \x01(\x05\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x0e\n\x06sha256\x18\x08 \x01(\t\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xe8\x01\n\x0eSearchResponse\x12$\n\x04hits\x18\x01 \x03(\x0b\x32\x16.visearch.v1.SearchHit\x12\x0f\n\x07partial\x18\x02 \x01(\x08\x12\x16\n\x0emissing_shards\x18\x03 \x03(\x05\x12>\n\ntimings_ms\x18\x04 \x03(\x0b\x32*.visearch.v1.SearchResponse.TimingsMsEntry\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x1a\x30\n\x0eTimingsMsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"0\n\rDeleteRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\"4\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x05\x12\x11\n\tnot_found\x18\x02 \x03(\t\",\n\nGetRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\"\xe4\x01\n\x0bImageRecord\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\r\n\x05label\x18\x03 \x01(\t\x12<\n\nattributes\x18\x04 \x03(\x0b\x32(.visearch.v1.ImageRecord.AttributesEntry\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12\r\n\x05shard\x18\x06 \x01(\x05\x12\x13\n\x0bingested_at\x18\x07 \x01(\x01\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\"\n\x0cStatsRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\"L\n\nShardStats\x12\r\n\x05shard\x18\x01 \x01(\x05\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x0e\n\x06method\x18\x03 \x01(\t\x12\x11\n\tavailable\x18\x04 \x01(\x08\"u\n\rStatsResponse\x12+\n\ncollection\x18\x01 \x01(\x0b\x32\x17.visearch.v1.Collection\x12\x0e\n\x06images\x18\x02 \x01(\x03\x12\'\n\x06shards\x18\x03 \x03(\x0b\x32\x17.visearch.v1.ShardStats2\x9f\x03\n\x07Gateway\x12Q\n\x10\x43reateCollection\x12$.visearch.v1.CreateCollectionRequest\x1a\x17.visearch.v1.Collection\x12\x41\n\x06Ingest\x12\x1a.visearch.v1.IngestRequest\x1a\x1b.visearch.v1.IngestResponse\x12\x41\n\x06Search\x12\x1a.visearch.v1.SearchRequest\x1a\x1b.visearch.v1.SearchResponse\x12\x41\n\x06\x44\x65lete\x12\x1a.visearch.v1.DeleteRequest\x1a\x1b.visearch.v1.DeleteResponse\x12\x38\n\x03Get\x12\x17.visearch.v1.GetRequest\x1a\x18.visearch.v1.ImageRecord\x12>\n\x05Stats\x12\x19.visearch.v1.StatsRequest\x1a\x1a.visearch.v1.StatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19visearch/v1/gateway.proto\x12\x0bvisearch.v1\x1a\x18visearch/v1/common.proto\"\xa4\x01\n\nCollection\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x0e\n\x06shards\x18\x03 \x01(\x05\x12/\n\x0e\x64\x65\x66\x61ult_rerank\x18\x04 \x01(\x0e\x32\x17.visearch.v1.RerankMode\x12\x1a\n\x12local_feature_type\x18\x05 \x01(\t\x12\x14\n\x0crerank_depth\x18\x06 \x01(\x05\"\x8a\x01\n\x17\x43reateCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12/\n\x0e\x64\x65\x66\x61ult_rerank\x18\x02 \x01(\x0e\x32\x17.visearch.v1.RerankMode\x12\x1a\n\x12local_feature_type\x18\x03 \x01(\t\x12\x14\n\x0crerank_depth\x18\x04 \x01(\x05\"\xba\x01\n\nIngestItem\x12\n\n\x02id\x18\x01 \x01(\t\x12!\n\x05image\x18\x02 \x01(\x0b\x32\x12.visearch.v1.Image\x12\r\n\x05label\x18\x03 \x01(\t\x12;\n\nattributes\x18\x04 \x03(\x0b\x32\'.visearch.v1.IngestItem.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"f\n\rIngestRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12&\n\x05items\x18\x02 \x03(\x0b\x32\x17.visearch.v1.IngestItem\x12\x19\n\x11\x63reate_collection\x18\x03 \x01(\x08\"K\n\x0cIngestResult\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\r\n\x05shard\x18\x03 \x01(\x05\x12\x10\n\x08replaced\x18\x04 \x01(\x08\"<\n\x0eIngestResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.visearch.v1.IngestResult\"\xb9\x01\n\rSearchRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12!\n\x05image\x18\x02 \x01(\x0b\x32\x12.visearch.v1.Image\x12\t\n\x01k\x18\x03 \x01(\x05\x12\'\n\x06rerank\x18\x04 \x01(\x0e\x32\x17.visearch.v1.RerankMode\x12\x18\n\x10require_complete\x18\x05 \x01(\x08\x12#\n\x06\x66ilter\x18\x06 \x01(\x0b\x32\x13.visearch.v1.Filter\"\xeb\x01\n\tSearchHit\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\r\n\x05label\x18\x03 \x01(\t\x12:\n\nattributes\x18\x04 \x03(\x0b\x32&.visearch.v1.SearchHit.AttributesEntry\x12\x14\n\x0cglobal_score\x18\x05 \x01(\x02\x12\x0f\n\x07inliers\x18\x06 \x01(\x05\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x0e\n\x06sha256\x18\x08 \x01(\t\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xe8\x01\n\x0eSearchResponse\x12$\n\x04hits\x18\x01 \x03(\x0b\x32\x16.visearch.v1.SearchHit\x12\x0f\n\x07partial\x18\x02 \x01(\x08\x12\x16\n\x0emissing_shards\x18\x03 \x03(\x05\x12>\n\ntimings_ms\x18\x04 \x03(\x0b\x32*.visearch.v1.SearchResponse.TimingsMsEntry\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x1a\x30\n\x0eTimingsMsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"0\n\rDeleteRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\"4\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x05\x12\x11\n\tnot_found\x18\x02 \x03(\t\",\n\nGetRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\"\xe4\x01\n\x0bImageRecord\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\r\n\x05label\x18\x03 \x01(\t\x12<\n\nattributes\x18\x04 \x03(\x0b\x32(.visearch.v1.ImageRecord.AttributesEntry\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12\r\n\x05shard\x18\x06 \x01(\x05\x12\x13\n\x0bingested_at\x18\x07 \x01(\x01\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\"\n\x0cStatsRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\"L\n\nShardStats\x12\r\n\x05shard\x18\x01 \x01(\x05\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x0e\n\x06method\x18\x03 \x01(\t\x12\x11\n\tavailable\x18\x04 \x01(\x08\"u\n\rStatsResponse\x12+\n\ncollection\x18\x01 \x01(\x0b\x32\x17.visearch.v1.Collection\x12\x0e\n\x06images\x18\x02 \x01(\x03\x12\'\n\x06shards\x18\x03 \x03(\x0b\x32\x17.visearch.v1.ShardStats2\x9f\x03\n\x07Gateway\x12Q\n\x10\x43reateCollection\x12$.visearch.v1.CreateCollectionRequest\x1a\x17.visearch.v1.Collection\x12\x41\n\x06Ingest\x12\x1a.visearch.v1.IngestRequest\x1a\x1b.visearch.v1.IngestResponse\x12\x41\n\x06Search\x12\x1a.visearch.v1.SearchRequest\x1a\x1b.visearch.v1.SearchResponse\x12\x41\n\x06\x44\x65lete\x12\x1a.visearch.v1.DeleteRequest\x1a\x1b.visearch.v1.DeleteResponse\x12\x38\n\x03Get\x12\x17.visearch.v1.GetRequest\x1a\x18.visearch.v1.ImageRecord\x12>\n\x05Stats\x12\x19.visearch.v1.StatsRequest\x1a\x1a.visearch.v1.StatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -55,31 +55,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INGESTRESPONSE']._serialized_start=746
   _globals['_INGESTRESPONSE']._serialized_end=806
   _globals['_SEARCHREQUEST']._serialized_start=809
-  _globals['_SEARCHREQUEST']._serialized_end=957
-  _globals['_SEARCHHIT']._serialized_start=960
-  _globals['_SEARCHHIT']._serialized_end=1195
+  _globals['_SEARCHREQUEST']._serialized_end=994
+  _globals['_SEARCHHIT']._serialized_start=997
+  _globals['_SEARCHHIT']._serialized_end=1232
   _globals['_SEARCHHIT_ATTRIBUTESENTRY']._serialized_start=514
   _globals['_SEARCHHIT_ATTRIBUTESENTRY']._serialized_end=563
-  _globals['_SEARCHRESPONSE']._serialized_start=1198
-  _globals['_SEARCHRESPONSE']._serialized_end=1430
-  _globals['_SEARCHRESPONSE_TIMINGSMSENTRY']._serialized_start=1382
-  _globals['_SEARCHRESPONSE_TIMINGSMSENTRY']._serialized_end=1430
-  _globals['_DELETEREQUEST']._serialized_start=1432
-  _globals['_DELETEREQUEST']._serialized_end=1480
-  _globals['_DELETERESPONSE']._serialized_start=1482
-  _globals['_DELETERESPONSE']._serialized_end=1534
-  _globals['_GETREQUEST']._serialized_start=1536
-  _globals['_GETREQUEST']._serialized_end=1580
-  _globals['_IMAGERECORD']._serialized_start=1583
-  _globals['_IMAGERECORD']._serialized_end=1811
+  _globals['_SEARCHRESPONSE']._serialized_start=1235
+  _globals['_SEARCHRESPONSE']._serialized_end=1467
+  _globals['_SEARCHRESPONSE_TIMINGSMSENTRY']._serialized_start=1419
+  _globals['_SEARCHRESPONSE_TIMINGSMSENTRY']._serialized_end=1467
+  _globals['_DELETEREQUEST']._serialized_start=1469
+  _globals['_DELETEREQUEST']._serialized_end=1517
+  _globals['_DELETERESPONSE']._serialized_start=1519
+  _globals['_DELETERESPONSE']._serialized_end=1571
+  _globals['_GETREQUEST']._serialized_start=1573
+  _globals['_GETREQUEST']._serialized_end=1617
+  _globals['_IMAGERECORD']._serialized_start=1620
+  _globals['_IMAGERECORD']._serialized_end=1848
   _globals['_IMAGERECORD_ATTRIBUTESENTRY']._serialized_start=514
   _globals['_IMAGERECORD_ATTRIBUTESENTRY']._serialized_end=563
-  _globals['_STATSREQUEST']._serialized_start=1813
-  _globals['_STATSREQUEST']._serialized_end=1847
-  _globals['_SHARDSTATS']._serialized_start=1849
-  _globals['_SHARDSTATS']._serialized_end=1925
-  _globals['_STATSRESPONSE']._serialized_start=1927
-  _globals['_STATSRESPONSE']._serialized_end=2044
-  _globals['_GATEWAY']._serialized_start=2047
-  _globals['_GATEWAY']._serialized_end=2462
+  _globals['_STATSREQUEST']._serialized_start=1850
+  _globals['_STATSREQUEST']._serialized_end=1884
+  _globals['_SHARDSTATS']._serialized_start=1886
+  _globals['_SHARDSTATS']._serialized_end=1962
+  _globals['_STATSRESPONSE']._serialized_start=1964
+  _globals['_STATSRESPONSE']._serialized_end=2081
+  _globals['_GATEWAY']._serialized_start=2084
+  _globals['_GATEWAY']._serialized_end=2499
 # @@protoc_insertion_point(module_scope)

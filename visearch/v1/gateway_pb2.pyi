@@ -83,18 +83,20 @@ class IngestResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[IngestResult, _Mapping]]] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "image", "k", "rerank", "require_complete")
+    __slots__ = ("collection", "image", "k", "rerank", "require_complete", "filter")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     RERANK_FIELD_NUMBER: _ClassVar[int]
     REQUIRE_COMPLETE_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
     collection: str
     image: _common_pb2.Image
     k: int
     rerank: _common_pb2.RerankMode
     require_complete: bool
-    def __init__(self, collection: _Optional[str] = ..., image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., k: _Optional[int] = ..., rerank: _Optional[_Union[_common_pb2.RerankMode, str]] = ..., require_complete: _Optional[bool] = ...) -> None: ...
+    filter: _common_pb2.Filter
+    def __init__(self, collection: _Optional[str] = ..., image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., k: _Optional[int] = ..., rerank: _Optional[_Union[_common_pb2.RerankMode, str]] = ..., require_complete: _Optional[bool] = ..., filter: _Optional[_Union[_common_pb2.Filter, _Mapping]] = ...) -> None: ...
 
 class SearchHit(_message.Message):
     __slots__ = ("id", "score", "label", "attributes", "global_score", "inliers", "reason", "sha256")

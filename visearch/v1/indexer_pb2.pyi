@@ -27,14 +27,16 @@ class SnapshotResponse(_message.Message):
     def __init__(self, covered_seq: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class UpsertRequest(_message.Message):
-    __slots__ = ("collection", "ids", "vectors")
+    __slots__ = ("collection", "ids", "vectors", "metadata")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     IDS_FIELD_NUMBER: _ClassVar[int]
     VECTORS_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
     collection: str
     ids: _containers.RepeatedScalarFieldContainer[str]
     vectors: _containers.RepeatedCompositeFieldContainer[_common_pb2.Vector]
-    def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., vectors: _Optional[_Iterable[_Union[_common_pb2.Vector, _Mapping]]] = ...) -> None: ...
+    metadata: _containers.RepeatedCompositeFieldContainer[_common_pb2.ItemMetadata]
+    def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., vectors: _Optional[_Iterable[_Union[_common_pb2.Vector, _Mapping]]] = ..., metadata: _Optional[_Iterable[_Union[_common_pb2.ItemMetadata, _Mapping]]] = ...) -> None: ...
 
 class UpsertResponse(_message.Message):
     __slots__ = ("upserted", "size")
@@ -61,14 +63,16 @@ class IndexDeleteResponse(_message.Message):
     def __init__(self, deleted: _Optional[int] = ..., size: _Optional[int] = ...) -> None: ...
 
 class IndexSearchRequest(_message.Message):
-    __slots__ = ("collection", "queries", "k")
+    __slots__ = ("collection", "queries", "k", "filter")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     QUERIES_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
     collection: str
     queries: _containers.RepeatedCompositeFieldContainer[_common_pb2.Vector]
     k: int
-    def __init__(self, collection: _Optional[str] = ..., queries: _Optional[_Iterable[_Union[_common_pb2.Vector, _Mapping]]] = ..., k: _Optional[int] = ...) -> None: ...
+    filter: _common_pb2.Filter
+    def __init__(self, collection: _Optional[str] = ..., queries: _Optional[_Iterable[_Union[_common_pb2.Vector, _Mapping]]] = ..., k: _Optional[int] = ..., filter: _Optional[_Union[_common_pb2.Filter, _Mapping]] = ...) -> None: ...
 
 class Neighbor(_message.Message):
     __slots__ = ("id", "score")

@@ -7,6 +7,7 @@ kept in step with every upsert and delete through its string docids.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 from dataclasses import dataclass, field
@@ -18,6 +19,9 @@ from services.common.errors import InvalidArgumentError
 
 MAX_K = 1000
 INITIAL_CAPACITY = 1024
+# Retrain the partitions once this share of the index has changed since the last build.
+REBUILD_CHANGE_FRACTION = 0.5
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,25 @@ def scann_params_for(size: int) -> ScannParams:
         num_leaves=num_leaves,
         leaves_to_search=max(8, num_leaves // 20),
         training_sample_size=min(size, 250_000),
+    )
+
+
+def build_searcher(data: np.ndarray, docids: list[str]) -> scann.scann_ops_pybind.ScannSearcher:
+    """data: float32 [n, dims] L2-normalised; docids: n strings."""
+    params = scann_params_for(len(docids))
+    return (
+        scann.scann_ops_pybind.builder(data, 10, "dot_product")
+        .tree(
+            num_leaves=params.num_leaves,
+            num_leaves_to_search=params.leaves_to_search,
+            training_sample_size=params.training_sample_size,
+        )
+        .score_ah(
+            params.dims_per_block,
+            anisotropic_quantization_threshold=params.anisotropic_quantization_threshold,
+        )
+        .reorder(params.reorder)
+        .build(docids=docids)
     )
 
 
@@ -77,7 +100,7 @@ MAX_FILTERED_FETCH = 5000
 class VectorIndex:
     """Thread-safe index of (id -> vector [dims] float32) for one collection."""
 
-    def __init__(self, dims: int, exact_threshold: int) -> None:
+    def __init__(self, dims: int, exact_threshold: int, background_builds: bool = True) -> None:
         self.dims = dims
         self.exact_threshold = exact_threshold
         self._matrix = np.zeros((INITIAL_CAPACITY, dims), dtype=np.float32)
@@ -90,7 +113,16 @@ class VectorIndex:
         self._free_rows: list[int] = []
         self._high_water = 0
         self._scann: scann.scann_ops_pybind.ScannSearcher | None = None
-        self._lock = threading.Lock()
+        # Rebuilds: a new searcher is trained beside the serving one from a copy of
+        # the data; writes made meanwhile are queued and replayed into it before
+        # it replaces the old one under the lock.
+        self.background_builds = background_builds
+        self._built_size = 0
+        self._changes_since_build = 0
+        self._pending: list[tuple[str, list[str], np.ndarray | None]] | None = None
+        self._builder: threading.Thread | None = None
+        self.rebuilds = 0
+        self._lock = threading.RLock()
 
     @property
     def size(self) -> int:
@@ -134,8 +166,10 @@ class VectorIndex:
                 self._index_meta(row, metadata[position] if metadata is not None else ItemMeta())
             if self._scann is not None:
                 self._scann.upsert(list(ids), vectors)
-            elif self.size >= self.exact_threshold:
-                self._build_scann()
+            if self._pending is not None:
+                self._pending.append(("upsert", list(ids), vectors.copy()))
+            self._changes_since_build += len(ids)
+            self._maybe_rebuild()
 
     def delete(self, ids: list[str]) -> int:
         """Removes ids; returns how many existed."""
@@ -149,6 +183,9 @@ class VectorIndex:
                 self._free_rows.append(row)
             if self._scann is not None and present:
                 self._scann.delete(present)
+            if self._pending is not None and present:
+                self._pending.append(("delete", present, None))
+            self._changes_since_build += len(present)
             return len(present)
 
     def export(self) -> tuple[list[str], np.ndarray, list[ItemMeta]]:
@@ -248,25 +285,59 @@ class VectorIndex:
             for row_ids, row_scores in zip(ids, scores, strict=True)
         ]
 
-    def _build_scann(self) -> None:
+    @property
+    def rebuilding(self) -> bool:
+        return self._pending is not None
+
+    def wait_for_build(self, timeout: float | None = None) -> None:
+        """Blocks until a running (re)build has swapped in (tests, benchmarks)."""
+        builder = self._builder
+        if builder is not None:
+            builder.join(timeout)
+
+    def _needs_build(self) -> bool:
+        if self.size < self.exact_threshold:
+            return False
+        if self._scann is None:
+            return True
+        # Partitions trained on the old data erode recall as vectors are added.
+        return self._changes_since_build >= REBUILD_CHANGE_FRACTION * max(self._built_size, 1)
+
+    def _maybe_rebuild(self) -> None:
+        """Called with the lock held: starts a (re)build when one is due."""
+        if self._pending is not None or not self._needs_build():
+            return
         live_rows = np.flatnonzero(self._live[: self._high_water])
         data = np.ascontiguousarray(self._matrix[live_rows])
         docids = [self._ids[row] or "" for row in live_rows]
-        params = scann_params_for(len(docids))
-        self._scann = (
-            scann.scann_ops_pybind.builder(data, 10, "dot_product")
-            .tree(
-                num_leaves=params.num_leaves,
-                num_leaves_to_search=params.leaves_to_search,
-                training_sample_size=params.training_sample_size,
+        self._pending = []
+        self._changes_since_build = 0
+        if self.background_builds:
+            self._builder = threading.Thread(
+                target=self._finish_build, args=(data, docids), name="scann-build", daemon=True
             )
-            .score_ah(
-                params.dims_per_block,
-                anisotropic_quantization_threshold=params.anisotropic_quantization_threshold,
-            )
-            .reorder(params.reorder)
-            .build(docids=docids)
-        )
+            self._builder.start()
+        else:
+            self._finish_build(data, docids)
+
+    def _finish_build(self, data: np.ndarray, docids: list[str]) -> None:
+        try:
+            searcher = build_searcher(data, docids)
+        except Exception:
+            log.exception("ScaNN build failed; serving continues with the previous index")
+            with self._lock:
+                self._pending = None
+            return
+        with self._lock:
+            for op, ids, vectors in self._pending or []:
+                if op == "upsert":
+                    searcher.upsert(ids, vectors)
+                else:
+                    searcher.delete(ids)
+            self._scann = searcher
+            self._built_size = len(docids)
+            self._pending = None
+            self.rebuilds += 1
 
     def _take_row(self) -> int:
         if self._free_rows:

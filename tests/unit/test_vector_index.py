@@ -38,6 +38,7 @@ def test_scann_recall_against_brute_force_and_updates():
     index.upsert(ids[:4000], data[:4000])
     assert index.method == "exact"
     index.upsert(ids[4000:], data[4000:])
+    index.wait_for_build()
     assert index.method == "scann"
     queries = clustered_unit_vectors(100, 64, 50, seed=4)
     expected = brute_force(data, queries, 10)
@@ -115,6 +116,7 @@ def test_filtered_search_is_exact_for_selective_filters_and_complete_for_broad_o
     index.upsert(
         ids, data, [ItemMeta(lab, {"shop": shop}) for lab, shop in zip(labels, shops, strict=True)]
     )
+    index.wait_for_build()
     queries = clustered_unit_vectors(20, 32, 40, seed=8)
 
     rare_rows = [i for i in range(8000) if labels[i] == "rare"]
@@ -148,3 +150,33 @@ def test_metadata_follows_replacement_and_deletion():
     assert [n.id for n in index.search(v[:1], 5, SearchFilter("blue"))[0][0]] == ["a"]
     index.delete(["a"])
     assert index.search(v[:1], 5, SearchFilter("blue"))[0] == [[]]
+
+
+def test_background_rebuild_swaps_in_a_new_searcher_without_losing_writes():
+    data = clustered_unit_vectors(12_000, 32, 60, seed=9)
+    ids = [f"id{i}" for i in range(len(data))]
+    index = VectorIndex(32, exact_threshold=2000)
+    index.upsert(ids[:4000], data[:4000])
+    index.wait_for_build()
+    assert index.rebuilds == 1 and index.method == "scann"
+    # Adding more than half of the built size again triggers a retrain beside the live index.
+    index.upsert(ids[4000:7000], data[4000:7000])
+    assert index.rebuilding or index.rebuilds == 2
+    queries = clustered_unit_vectors(50, 32, 60, seed=10)
+    during, method = index.search(queries, 10)  # served by the old searcher meanwhile
+    assert method == "scann" and all(len(r) == 10 for r in during)
+    index.upsert(["fresh"], queries[:1])
+    index.delete(["id5"])
+    index.wait_for_build()
+    assert index.rebuilds == 2 and not index.rebuilding
+    assert index.search(queries[:1], 1)[0][0][0].id == "fresh"
+    assert "id5" not in {n.id for n in index.search(data[5:6], 10)[0][0]}
+    expected = brute_force(data[:7000], queries[1:], 10)
+    got = index.search(queries[1:], 10)[0]
+    recall = np.mean(
+        [
+            len({n.id for n in g} & {f"id{i}" for i in w}) / 10
+            for g, w in zip(got, expected, strict=True)
+        ]
+    )
+    assert recall >= 0.9

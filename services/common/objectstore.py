@@ -10,6 +10,7 @@ from typing import Protocol
 from minio import Minio
 from minio.error import S3Error
 
+from services.common.config import ObjectStoreConfig
 from services.common.errors import NotFoundError, UnavailableError
 
 
@@ -88,6 +89,10 @@ class S3ObjectStore:
         )
         self._known_buckets: set[str] = set()
         self._lock = threading.Lock()
+
+    @classmethod
+    def from_config(cls, config: ObjectStoreConfig) -> S3ObjectStore:
+        return cls(config.endpoint, config.access_key, config.secret_key, secure=config.secure)
 
     def ensure_buckets(self, buckets: list[str]) -> None:
         for bucket in buckets:

@@ -83,12 +83,7 @@ def load_model(config: EmbedderConfig) -> GlobalModel:
         manifest, path = load_local(Path(config.model_dir))
     else:
         assert config.object_store is not None
-        store = S3ObjectStore(
-            config.object_store.endpoint,
-            config.object_store.access_key,
-            config.object_store.secret_key,
-            secure=config.object_store.secure,
-        )
+        store = S3ObjectStore.from_config(config.object_store)
         manifest, path = fetch(
             store,
             config.object_store.models_bucket,

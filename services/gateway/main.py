@@ -83,12 +83,7 @@ def wait_for_model_version(embedder: GrpcEmbedder, timeout_s: float) -> str:
 
 
 def build_core(config: GatewayConfig) -> GatewayCore:
-    store = S3ObjectStore(
-        config.object_store.endpoint,
-        config.object_store.access_key,
-        config.object_store.secret_key,
-        secure=config.object_store.secure,
-    )
+    store = S3ObjectStore.from_config(config.object_store)
     store.ensure_buckets(config.object_store.buckets)
     metadata = RedisMetadataStore(config.redis_url)
     metadata.ping()

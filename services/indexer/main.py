@@ -56,12 +56,7 @@ def build_shard(config: IndexerConfig) -> Shard:
         log.warning("no VISEARCH_REDIS_URL: running without a write-ahead log (not durable)")
         return Shard(config.shard_id, config.exact_threshold)
     client = redis.Redis.from_url(config.redis_url, socket_timeout=30)
-    store = S3ObjectStore(
-        config.object_store.endpoint,
-        config.object_store.access_key,
-        config.object_store.secret_key,
-        secure=config.object_store.secure,
-    )
+    store = S3ObjectStore.from_config(config.object_store)
     return Shard(
         config.shard_id,
         config.exact_threshold,

@@ -43,12 +43,7 @@ class VerifierConfig:
 
 
 def build_reranker(config: VerifierConfig) -> GeometricReranker:
-    store = S3ObjectStore(
-        config.object_store.endpoint,
-        config.object_store.access_key,
-        config.object_store.secret_key,
-        secure=config.object_store.secure,
-    )
+    store = S3ObjectStore.from_config(config.object_store)
     return GeometricReranker(
         store,
         GeometrySettings(),

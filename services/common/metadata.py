@@ -1,6 +1,7 @@
 """Metadata in Redis/Valkey (and in memory, for unit tests of cores).
 
-Keys: `col:<collection>` hash (collection config), `img:<collection>:<id>`
+Keys: `col:<collection>` JSON string (collection config, created atomically
+with SET NX), `img:<collection>:<id>`
 hash (one image), `ids:<collection>` set (ids, for counting and listing).
 """
 
@@ -76,18 +77,6 @@ def _meta_from_hash(raw: dict[str, str]) -> ImageMeta:
     )
 
 
-def _collection_from_hash(raw: dict[str, str]) -> CollectionConfig:
-    return CollectionConfig(
-        name=raw["name"],
-        model_version=raw["model_version"],
-        shards=int(raw["shards"]),
-        default_rerank=raw["default_rerank"],
-        local_feature_type=raw["local_feature_type"],
-        rerank_depth=int(raw["rerank_depth"]),
-        created_at=float(raw["created_at"]),
-    )
-
-
 class RedisMetadataStore:
     def __init__(self, url: str) -> None:
         self._redis = redis.Redis.from_url(url, decode_responses=True, socket_timeout=10)
@@ -99,24 +88,18 @@ class RedisMetadataStore:
             raise UnavailableError(f"metadata store (Redis) unreachable: {exc}") from exc
 
     def create_collection(self, config: CollectionConfig) -> bool:
-        key = f"col:{config.name}"
-        fields = {k: str(v) for k, v in asdict(config).items()}
         try:
-            with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hsetnx(key, "name", config.name)
-                created = pipe.execute()[0]
-            if created:
-                self._redis.hset(key, mapping=fields)
-            return bool(created)
+            created = self._redis.set(f"col:{config.name}", json.dumps(asdict(config)), nx=True)
         except redis.RedisError as exc:
             raise UnavailableError(f"metadata store (Redis): {exc}") from exc
+        return bool(created)
 
     def get_collection(self, name: str) -> CollectionConfig | None:
         try:
-            raw = self._redis.hgetall(f"col:{name}")
+            raw = self._redis.get(f"col:{name}")
         except redis.RedisError as exc:
             raise UnavailableError(f"metadata store (Redis): {exc}") from exc
-        return _collection_from_hash(raw) if raw.get("created_at") else None
+        return CollectionConfig(**json.loads(raw)) if raw else None
 
     def put_image(self, collection: str, meta: ImageMeta) -> bool:
         key = f"img:{collection}:{meta.id}"

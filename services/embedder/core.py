@@ -6,6 +6,7 @@ import importlib.util
 import logging
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import TimeoutError as FutureTimeoutError
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
-from services.common.errors import InvalidArgumentError
+from services.common.errors import DeadlineExceededError, InvalidArgumentError
 from services.common.imaging import ImageLimits, decode_rgb
 from services.common.local_features import LocalFeatures
 from services.common.model_registry import ModelManifest
@@ -126,7 +127,12 @@ class EmbedderCore:
         """Encoded images -> float32 [n, dims], L2-normalised, in request order."""
         decoded = self.decode_all(images)
         batch = np.stack([self.model.preprocess(image) for image in decoded])
-        embeddings = self._batcher.run(batch, timeout=timeout)
+        try:
+            embeddings = self._batcher.run(batch, timeout=timeout)
+        except FutureTimeoutError as exc:
+            raise DeadlineExceededError(
+                f"embedding {len(decoded)} images did not finish within the deadline"
+            ) from exc
         with self._count_lock:
             self.images_embedded += len(decoded)
         return embeddings

@@ -127,6 +127,7 @@ class GeometricReranker:
         cache: FeatureCache,
         max_workers: int = DEFAULT_MAX_WORKERS,
         single_threaded_blas: bool = True,
+        features_bucket: str = "features",
     ) -> None:
         if fusion.min_inliers != geometry.min_inliers:
             raise ConfigError(
@@ -139,6 +140,7 @@ class GeometricReranker:
         self._geometry = geometry
         self._fusion = fusion
         self._cache = cache
+        self._features_bucket = features_bucket
         self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="verify")
         if single_threaded_blas:
             threadpool_limits(limits=1, user_api="blas")  # process-wide, see module docstring
@@ -160,7 +162,7 @@ class GeometricReranker:
         return [results[i] for i in order]
 
     def _score(self, query: LocalFeatures, candidate: Candidate) -> RerankedCandidate:
-        key = feature_key(query.feature_type, candidate.sha256)
+        key = feature_key(query.feature_type, candidate.sha256, self._features_bucket)
         try:
             features = self._cache.get_or_load(key, self._store)
         except NotFoundError:

@@ -50,6 +50,7 @@ def build_reranker(config: VerifierConfig) -> GeometricReranker:
         FusionSettings(),
         FeatureCache(config.cache_bytes),
         max_workers=config.workers,
+        features_bucket=config.object_store.features_bucket,
     )
 
 

@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedCo
 from rich.table import Table
 
 from services.common.errors import VisearchError
+from services.common.index_types import IndexOverrides
 from visearch import datasets, demo, localstack
 from visearch.client import SearchResult, VisearchClient
 from visearch.jobs import evaluate, ingest_entries, search_entries
@@ -283,6 +284,30 @@ def get(
         except VisearchError as exc:
             _fail(exc)
     out.print_json(json.dumps(record.__dict__))
+
+
+@app.command(name="create-collection")
+def create_collection(
+    collection: Collection,
+    rerank: Annotated[str, typer.Option(help="Default re-rank mode.")] = "none",
+    rerank_depth: Annotated[int, typer.Option(help="Candidates re-ranked (0 = 50).")] = 0,
+    exact_threshold: Annotated[int, typer.Option(help="Exact search below this (0 = auto).")] = 0,
+    num_leaves: Annotated[int, typer.Option(help="ScaNN leaves (0 = auto).")] = 0,
+    leaves_to_search: Annotated[int, typer.Option(help="ScaNN leaves searched (0 = auto).")] = 0,
+    reorder: Annotated[int, typer.Option(help="ScaNN exact re-order depth (0 = auto).")] = 0,
+    gateway: Gateway = "",
+    state_dir: StateDir = localstack.DEFAULT_STATE_DIR,
+) -> None:
+    """Create a collection with its defaults and index settings (ingest creates one too)."""
+    index = IndexOverrides(exact_threshold, num_leaves, leaves_to_search, reorder)
+    with VisearchClient(_gateway(gateway, state_dir)) as client:
+        try:
+            info = client.create_collection(
+                collection, default_rerank=rerank, rerank_depth=rerank_depth, index=index
+            )
+        except VisearchError as exc:
+            _fail(exc)
+    out.print(info)
 
 
 @app.command()

@@ -25,7 +25,12 @@ from services.common.errors import (  # noqa: F401 - re-exported for callers
     VisearchError,
 )
 from services.common.grpc_client import call, make_channel
-from services.common.proto_convert import RERANK_MODE_NAMES, RERANK_MODES_BY_NAME
+from services.common.index_types import NO_OVERRIDES, IndexOverrides
+from services.common.proto_convert import (
+    RERANK_MODE_NAMES,
+    RERANK_MODES_BY_NAME,
+    index_params_to_proto,
+)
 from visearch.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 
 
@@ -86,6 +91,11 @@ class CollectionInfo:
     default_rerank: str
     local_feature_type: str
     rerank_depth: int
+    # 0 = chosen from each shard's size.
+    exact_threshold: int = 0
+    num_leaves: int = 0
+    leaves_to_search: int = 0
+    reorder: int = 0
 
 
 @dataclass(frozen=True)
@@ -115,6 +125,10 @@ def _collection(message: gateway_pb2.Collection) -> CollectionInfo:
         default_rerank=RERANK_MODE_NAMES[message.default_rerank],
         local_feature_type=message.local_feature_type,
         rerank_depth=message.rerank_depth,
+        exact_threshold=message.index_params.exact_threshold,
+        num_leaves=message.index_params.num_leaves,
+        leaves_to_search=message.index_params.leaves_to_search,
+        reorder=message.index_params.reorder,
     )
 
 
@@ -157,13 +171,20 @@ class VisearchClient:
         default_rerank: str = "none",
         local_feature_type: str = "",
         rerank_depth: int = 0,
+        index: IndexOverrides = NO_OVERRIDES,
         timeout_s: float | None = None,
     ) -> CollectionInfo:
+        """Creates a collection (or returns the existing one of that name).
+
+        index: per-collection index settings (exact threshold, ScaNN leaves, re-order);
+        zeros are chosen from each shard's size.
+        """
         request = gateway_pb2.CreateCollectionRequest(
             name=name,
             default_rerank=RERANK_MODES_BY_NAME[default_rerank],
             local_feature_type=local_feature_type,
             rerank_depth=rerank_depth,
+            index_params=index_params_to_proto(index),
         )
         return _collection(self._call(self._stub.CreateCollection, request, timeout_s))  # type: ignore[arg-type]
 

@@ -26,6 +26,11 @@ class CollectionConfig:
     local_feature_type: str
     rerank_depth: int
     created_at: float
+    # Index settings sent to the shards; 0 = chosen from each shard's size.
+    exact_threshold: int = 0
+    num_leaves: int = 0
+    leaves_to_search: int = 0
+    reorder: int = 0
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from services.common.errors import InvalidArgumentError
+from services.common.index_types import IndexOverrides
 from services.common.local_features import LocalFeatures
 from visearch.v1 import common_pb2
 
@@ -71,3 +72,21 @@ def metadata_to_proto(label: str, attributes: dict[str, str]) -> common_pb2.Item
 
 def filter_to_proto(label: str, attributes: dict[str, str]) -> common_pb2.Filter:
     return common_pb2.Filter(label=label, attributes=attributes)
+
+
+def index_params_to_proto(overrides: IndexOverrides) -> common_pb2.IndexParams:
+    return common_pb2.IndexParams(
+        exact_threshold=overrides.exact_threshold,
+        num_leaves=overrides.num_leaves,
+        leaves_to_search=overrides.leaves_to_search,
+        reorder=overrides.reorder,
+    )
+
+
+def index_params_from_proto(message: common_pb2.IndexParams) -> IndexOverrides:
+    return IndexOverrides(
+        exact_threshold=message.exact_threshold,
+        num_leaves=message.num_leaves,
+        leaves_to_search=message.leaves_to_search,
+        reorder=message.reorder,
+    )

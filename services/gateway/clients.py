@@ -6,10 +6,12 @@ import grpc
 import numpy as np
 
 from services.common.grpc_client import call, make_channel
+from services.common.index_types import IndexOverrides, ItemMeta, SearchFilter
 from services.common.local_features import LocalFeatures
 from services.common.proto_convert import (
     RERANK_MODES_BY_NAME,
     filter_to_proto,
+    index_params_to_proto,
     local_features_from_proto,
     local_features_to_proto,
     metadata_to_proto,
@@ -23,7 +25,6 @@ from services.gateway.ports import (
     ShardHit,
     ShardInfo,
 )
-from services.indexer.vector_index import ItemMeta, SearchFilter
 from visearch.v1 import (
     embedder_pb2,
     embedder_pb2_grpc,
@@ -73,6 +74,7 @@ class GrpcShard:
         ids: list[str],
         vectors: np.ndarray,
         metadata: list[ItemMeta],
+        overrides: IndexOverrides,
         timeout: float | None,
     ) -> None:
         request = indexer_pb2.UpsertRequest(
@@ -80,6 +82,7 @@ class GrpcShard:
             ids=ids,
             vectors=vectors_to_proto(vectors),
             metadata=[metadata_to_proto(m.label, m.attributes) for m in metadata],
+            params=index_params_to_proto(overrides),
         )
         call(self._stub.Upsert, request, timeout=timeout, peer=self._peer)
 

@@ -20,6 +20,7 @@ from services.common.errors import (
     VisearchError,
 )
 from services.common.imaging import sha256_hex
+from services.common.index_types import NO_OVERRIDES, IndexOverrides, ItemMeta, SearchFilter
 from services.common.local_features import LocalFeatures, feature_key
 from services.common.metadata import CollectionConfig, ImageMeta, MetadataStore
 from services.common.objectstore import ObjectStore
@@ -39,7 +40,6 @@ from services.gateway.ports import (
 )
 from services.gateway.sharding import shard_of
 from services.indexer.core import check_collection_name
-from services.indexer.vector_index import ItemMeta, SearchFilter
 
 ResultT = TypeVar("ResultT")
 
@@ -95,7 +95,12 @@ class GatewayCore:
     # Collections ---------------------------------------------------------
 
     def create_collection(
-        self, name: str, default_rerank: str = "", feature_type: str = "", rerank_depth: int = 0
+        self,
+        name: str,
+        default_rerank: str = "",
+        feature_type: str = "",
+        rerank_depth: int = 0,
+        index: IndexOverrides = NO_OVERRIDES,
     ) -> CollectionConfig:
         check_collection_name(name)
         default_rerank = default_rerank or "none"
@@ -105,6 +110,7 @@ class GatewayCore:
             raise InvalidArgumentError(f"local feature type {feature_type!r} is not supported")
         if not 0 <= rerank_depth <= validation.MAX_K:
             raise InvalidArgumentError(f"rerank_depth must be in 0..{validation.MAX_K}")
+        validation.check_index_overrides(index)
         config = CollectionConfig(
             name=name,
             model_version=self._settings.model_version,
@@ -113,6 +119,10 @@ class GatewayCore:
             local_feature_type=feature_type,
             rerank_depth=rerank_depth or self._settings.default_rerank_depth,
             created_at=time.time(),
+            exact_threshold=index.exact_threshold,
+            num_leaves=index.num_leaves,
+            leaves_to_search=index.leaves_to_search,
+            reorder=index.reorder,
         )
         if not self._s.metadata.create_collection(config):
             existing = self._s.metadata.get_collection(name)
@@ -165,7 +175,7 @@ class GatewayCore:
         by_shard: dict[int, list[int]] = defaultdict(list)
         for position, shard in enumerate(shards):
             by_shard[shard].append(position)
-        self._upsert_by_shard(collection, items, embedded.vectors, by_shard, deadline)
+        self._upsert_by_shard(config, items, embedded.vectors, by_shard, deadline)
         # Metadata is written last: it is the commit point that makes an id visible
         # (search drops index hits without metadata).
         now = time.time()
@@ -217,7 +227,7 @@ class GatewayCore:
 
     def _upsert_by_shard(
         self,
-        collection: str,
+        config: CollectionConfig,
         items: list[IngestItem],
         vectors: np.ndarray,
         by_shard: dict[int, list[int]],
@@ -226,10 +236,11 @@ class GatewayCore:
         futures = [
             self._pool.submit(
                 self._s.shards[shard].upsert,
-                collection,
+                config.name,
                 [items[p].id for p in positions],
                 vectors[positions],
                 [ItemMeta(items[p].label, dict(items[p].attributes)) for p in positions],
+                index_overrides(config),
                 deadline.remaining(),
             )
             for shard, positions in by_shard.items()
@@ -402,6 +413,12 @@ class GatewayCore:
             except VisearchError:
                 infos.append(None)
         return config, self._s.metadata.count_images(collection), infos
+
+
+def index_overrides(config: CollectionConfig) -> IndexOverrides:
+    return IndexOverrides(
+        config.exact_threshold, config.num_leaves, config.leaves_to_search, config.reorder
+    )
 
 
 def _result_naming_items(future: Future[ResultT], items: list[IngestItem]) -> ResultT:

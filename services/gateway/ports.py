@@ -7,8 +7,8 @@ from typing import Protocol
 
 import numpy as np
 
+from services.common.index_types import NO_FILTER, IndexOverrides, ItemMeta, SearchFilter
 from services.common.local_features import LocalFeatures
-from services.indexer.vector_index import NO_FILTER, ItemMeta, SearchFilter
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,7 @@ class ShardPort(Protocol):
         ids: list[str],
         vectors: np.ndarray,
         metadata: list[ItemMeta],
+        overrides: IndexOverrides,
         timeout: float | None,
     ) -> None: ...
 

@@ -5,21 +5,28 @@ from __future__ import annotations
 import grpc
 
 from services.common.grpc_server import LoadingSlot
-from services.common.proto_convert import RERANK_MODE_NAMES, RERANK_MODES_BY_NAME
-from services.gateway.core import GatewayCore
+from services.common.index_types import SearchFilter
+from services.common.metadata import CollectionConfig
+from services.common.proto_convert import (
+    RERANK_MODE_NAMES,
+    RERANK_MODES_BY_NAME,
+    index_params_from_proto,
+    index_params_to_proto,
+)
+from services.gateway.core import GatewayCore, index_overrides
 from services.gateway.ports import IngestItem, SearchQuery
-from services.indexer.vector_index import SearchFilter
 from visearch.v1 import gateway_pb2, gateway_pb2_grpc
 
 
-def _collection_proto(config: object) -> gateway_pb2.Collection:
+def _collection_proto(config: CollectionConfig) -> gateway_pb2.Collection:
     return gateway_pb2.Collection(
-        name=config.name,  # type: ignore[attr-defined]
-        model_version=config.model_version,  # type: ignore[attr-defined]
-        shards=config.shards,  # type: ignore[attr-defined]
-        default_rerank=RERANK_MODES_BY_NAME[config.default_rerank],  # type: ignore[attr-defined]
-        local_feature_type=config.local_feature_type,  # type: ignore[attr-defined]
-        rerank_depth=config.rerank_depth,  # type: ignore[attr-defined]
+        name=config.name,
+        model_version=config.model_version,
+        shards=config.shards,
+        default_rerank=RERANK_MODES_BY_NAME[config.default_rerank],
+        local_feature_type=config.local_feature_type,
+        rerank_depth=config.rerank_depth,
+        index_params=index_params_to_proto(index_overrides(config)),
     )
 
 
@@ -35,6 +42,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             RERANK_MODE_NAMES[request.default_rerank],
             request.local_feature_type,
             request.rerank_depth,
+            index_params_from_proto(request.index_params),
         )
         return _collection_proto(config)
 

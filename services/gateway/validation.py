@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 
 from services.common.errors import InvalidArgumentError
+from services.common.index_types import IndexOverrides, SearchFilter
 from services.gateway.ports import IngestItem
-from services.indexer.vector_index import SearchFilter
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 MAX_ITEMS_PER_INGEST = 256
@@ -87,3 +87,20 @@ def check_filter(search_filter: SearchFilter) -> None:
         )
     if any(not key for key in search_filter.attributes):
         raise InvalidArgumentError("filter attribute names must not be empty")
+
+
+MAX_INDEX_SETTING = 10_000_000
+
+
+def check_index_overrides(index: IndexOverrides) -> None:
+    for name, value in vars(index).items():
+        if not 0 <= value <= MAX_INDEX_SETTING:
+            raise InvalidArgumentError(
+                f"index setting {name} must be in 0..{MAX_INDEX_SETTING} (0 = automatic), "
+                f"got {value}"
+            )
+    if index.num_leaves and index.leaves_to_search > index.num_leaves:
+        raise InvalidArgumentError(
+            f"leaves_to_search ({index.leaves_to_search}) cannot exceed num_leaves "
+            f"({index.num_leaves})"
+        )

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from services.common.errors import InvalidArgumentError, NotFoundError
+from services.common.index_types import NO_FILTER, IndexOverrides, ItemMeta, SearchFilter
 from services.indexer.durability import (
     OP_DELETE,
     OP_UPSERT,
@@ -18,13 +19,7 @@ from services.indexer.durability import (
     SnapshotStore,
     WriteAheadLog,
 )
-from services.indexer.vector_index import (
-    NO_FILTER,
-    ItemMeta,
-    Neighbor,
-    SearchFilter,
-    VectorIndex,
-)
+from services.indexer.vector_index import Neighbor, VectorIndex
 
 COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 START_SEQ = "0-0"
@@ -95,8 +90,10 @@ class Shard:
         ids: list[str],
         vectors: np.ndarray,
         metadata: list[ItemMeta] | None = None,
+        overrides: IndexOverrides | None = None,
     ) -> int:
-        """vectors: float32 [n, d]; metadata: None or one per id. Logged, then applied.
+        """vectors: float32 [n, d]; metadata: None or one per id; overrides: the
+        collection's index settings (None keeps the current ones). Logged, then applied.
 
         Returns the collection's size.
         """
@@ -111,8 +108,12 @@ class Shard:
             raise InvalidArgumentError(f"{len(ids)} ids but {len(metadata)} metadata entries")
         with entry.write_lock:
             if self._wal is not None:
-                entry.applied_seq = self._wal.append(collection, OP_UPSERT, ids, checked, metadata)
+                entry.applied_seq = self._wal.append(
+                    collection, OP_UPSERT, ids, checked, metadata, overrides
+                )
                 entry.wal_lag_entries += 1
+            if overrides is not None:
+                entry.index.set_overrides(overrides)
             entry.index.upsert(ids, checked, metadata)
         return entry.index.size
 
@@ -125,7 +126,7 @@ class Shard:
             return 0, 0
         with entry.write_lock:
             if self._wal is not None:
-                entry.applied_seq = self._wal.append(collection, OP_DELETE, ids, None, None)
+                entry.applied_seq = self._wal.append(collection, OP_DELETE, ids, None, None, None)
                 entry.wal_lag_entries += 1
             deleted = entry.index.delete(ids)
         return deleted, entry.index.size
@@ -182,12 +183,15 @@ class Shard:
                 from_snapshots += 1
             if snapshot is not None and snapshot.ids:
                 entry = self._collection(name, create_dims=snapshot.vectors.shape[1])
+                entry.index.set_overrides(snapshot.overrides)
                 entry.index.upsert(snapshot.ids, snapshot.vectors, snapshot.metadata)
                 entry.applied_seq = entry.snapshot_seq = snapshot.seq
             for wal_entry in self._wal.read_after(name, after):
                 replayed += 1
                 if wal_entry.op == OP_UPSERT and wal_entry.vectors is not None:
                     entry = self._collection(name, create_dims=wal_entry.vectors.shape[1])
+                    if wal_entry.overrides is not None:
+                        entry.index.set_overrides(wal_entry.overrides)
                     entry.index.upsert(wal_entry.ids, wal_entry.vectors, wal_entry.metadata)
                 else:
                     with self._lock:
@@ -214,9 +218,10 @@ class Shard:
             seq = entry.applied_seq
             lag = entry.wal_lag_entries
             ids, vectors, metadata = entry.index.export()
+            overrides = entry.index.overrides
         if seq == entry.snapshot_seq:
             return seq
-        self._snapshots.save(collection, Snapshot(seq, ids, vectors, metadata))
+        self._snapshots.save(collection, Snapshot(seq, ids, vectors, metadata, overrides))
         with entry.write_lock:
             entry.snapshot_seq = seq
             entry.snapshot_at = time.time()

@@ -14,15 +14,15 @@ import io
 import json
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Protocol
 
 import numpy as np
 import redis
 
 from services.common.errors import UnavailableError
+from services.common.index_types import NO_OVERRIDES, IndexOverrides, ItemMeta
 from services.common.objectstore import ObjectStore
-from services.indexer.vector_index import ItemMeta
 
 OP_UPSERT = "upsert"
 OP_DELETE = "delete"
@@ -36,6 +36,7 @@ class WalEntry:
     ids: list[str]
     vectors: np.ndarray | None  # float32 [n, d] for upserts
     metadata: list[ItemMeta] | None = None
+    overrides: IndexOverrides | None = None
 
 
 @dataclass(frozen=True)
@@ -44,12 +45,21 @@ class Snapshot:
     ids: list[str]
     vectors: np.ndarray  # float32 [n, d]
     metadata: list[ItemMeta]
+    overrides: IndexOverrides = NO_OVERRIDES
 
 
 def _metadata_json(metadata: list[ItemMeta] | None) -> str:
     if metadata is None:
         return ""
     return json.dumps([[m.label, m.attributes] for m in metadata])
+
+
+def _overrides_json(overrides: IndexOverrides | None) -> str:
+    return "" if overrides is None else json.dumps(asdict(overrides))
+
+
+def _overrides_from_json(text: str | bytes) -> IndexOverrides | None:
+    return IndexOverrides(**json.loads(text)) if text else None
 
 
 def _metadata_from_json(text: str | bytes) -> list[ItemMeta] | None:
@@ -72,6 +82,7 @@ class WriteAheadLog(Protocol):
         ids: list[str],
         vectors: np.ndarray | None,
         metadata: list[ItemMeta] | None,
+        overrides: IndexOverrides | None = None,
     ) -> str:
         """Durably appends one operation; returns its sequence number."""
         ...
@@ -116,6 +127,7 @@ class RedisWriteAheadLog:
         ids: list[str],
         vectors: np.ndarray | None,
         metadata: list[ItemMeta] | None,
+        overrides: IndexOverrides | None = None,
     ) -> str:
         dims = 0 if vectors is None else int(vectors.shape[1])
         try:
@@ -154,7 +166,8 @@ class RedisWriteAheadLog:
                     else None
                 )
                 metadata = _metadata_from_json(fields.get(b"meta", b""))
-                yield WalEntry(seq, fields[b"op"].decode(), ids, vectors, metadata)
+                overrides = _overrides_from_json(fields.get(b"params", b""))
+                yield WalEntry(seq, fields[b"op"].decode(), ids, vectors, metadata, overrides)
                 start = f"({seq}"
 
     def trim_before(self, collection: str, seq: str) -> None:
@@ -181,6 +194,7 @@ class ObjectSnapshotStore:
             ids=np.asarray(snapshot.ids, dtype=str),
             vectors=snapshot.vectors,
             metadata=np.asarray([_metadata_json(snapshot.metadata)], dtype=str),
+            params=np.asarray([_overrides_json(snapshot.overrides)], dtype=str),
         )
         key = f"{self._bucket}/{collection}/{self._shard}/{snapshot.seq}/vectors.npz"
         self._store.put(key, buffer.getvalue())
@@ -196,7 +210,8 @@ class ObjectSnapshotStore:
         with np.load(io.BytesIO(self._store.get(meta["key"])), allow_pickle=False) as data:
             ids = [str(i) for i in data["ids"]]
             metadata = _metadata_from_json(str(data["metadata"][0])) or [ItemMeta()] * len(ids)
-            return Snapshot(meta["seq"], ids, data["vectors"], metadata)
+            overrides = _overrides_from_json(str(data["params"][0])) if "params" in data else None
+            return Snapshot(meta["seq"], ids, data["vectors"], metadata, overrides or NO_OVERRIDES)
 
 
 class InMemoryWriteAheadLog:
@@ -214,12 +229,13 @@ class InMemoryWriteAheadLog:
         ids: list[str],
         vectors: np.ndarray | None,
         metadata: list[ItemMeta] | None,
+        overrides: IndexOverrides | None = None,
     ) -> str:
         with self._lock:
             self._counter += 1
             seq = f"{self._counter}-0"
             copy = None if vectors is None else np.array(vectors, dtype=np.float32)
-            entry = WalEntry(seq, op, list(ids), copy, metadata)
+            entry = WalEntry(seq, op, list(ids), copy, metadata, overrides)
             self._entries.setdefault(collection, []).append(entry)
             return seq
 

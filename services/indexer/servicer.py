@@ -7,10 +7,10 @@ import time
 import grpc
 
 from services.common.errors import FailedPreconditionError, InvalidArgumentError
+from services.common.index_types import IndexOverrides, ItemMeta, SearchFilter
 from services.common.metrics import ServiceMetrics
 from services.common.proto_convert import vectors_from_proto
 from services.indexer.core import Shard
-from services.indexer.vector_index import ItemMeta, SearchFilter
 from visearch.v1 import indexer_pb2, indexer_pb2_grpc
 
 
@@ -56,7 +56,19 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
         if len(request.ids) != len(vectors):
             raise InvalidArgumentError(f"{len(request.ids)} ids but {len(vectors)} vectors")
         metadata = [ItemMeta(m.label, dict(m.attributes)) for m in request.metadata] or None
-        size = self._shard.upsert(request.collection, list(request.ids), vectors, metadata)
+        overrides = (
+            IndexOverrides(
+                exact_threshold=request.params.exact_threshold,
+                num_leaves=request.params.num_leaves,
+                leaves_to_search=request.params.leaves_to_search,
+                reorder=request.params.reorder,
+            )
+            if request.HasField("params")
+            else None
+        )
+        size = self._shard.upsert(
+            request.collection, list(request.ids), vectors, metadata, overrides
+        )
         self._record(request.collection)
         return indexer_pb2.UpsertResponse(upserted=len(request.ids), size=size)
 

@@ -10,12 +10,19 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import scann
 
 from services.common.errors import InvalidArgumentError
+from services.common.index_types import (
+    NO_FILTER,
+    NO_OVERRIDES,
+    IndexOverrides,
+    ItemMeta,
+    SearchFilter,
+)
 
 MAX_K = 1000
 INITIAL_CAPACITY = 1024
@@ -36,19 +43,24 @@ class ScannParams:
     reorder: int = 200
 
 
-def scann_params_for(size: int) -> ScannParams:
+def scann_params_for(size: int, overrides: IndexOverrides = NO_OVERRIDES) -> ScannParams:
     """Partitioning scaled with the shard: about sqrt(n) leaves, searching ~5% of them."""
-    num_leaves = max(16, min(4000, int(math.sqrt(size))))
+    num_leaves = overrides.num_leaves or max(16, min(4000, int(math.sqrt(size))))
+    num_leaves = min(num_leaves, size)
+    leaves_to_search = overrides.leaves_to_search or max(8, num_leaves // 20)
     return ScannParams(
         num_leaves=num_leaves,
-        leaves_to_search=max(8, num_leaves // 20),
+        leaves_to_search=min(leaves_to_search, num_leaves),
         training_sample_size=min(size, 250_000),
+        reorder=overrides.reorder or ScannParams.reorder,
     )
 
 
-def build_searcher(data: np.ndarray, docids: list[str]) -> scann.scann_ops_pybind.ScannSearcher:
+def build_searcher(
+    data: np.ndarray, docids: list[str], overrides: IndexOverrides = NO_OVERRIDES
+) -> scann.scann_ops_pybind.ScannSearcher:
     """data: float32 [n, dims] L2-normalised; docids: n strings."""
-    params = scann_params_for(len(docids))
+    params = scann_params_for(len(docids), overrides)
     return (
         scann.scann_ops_pybind.builder(data, 10, "dot_product")
         .tree(
@@ -71,25 +83,6 @@ class Neighbor:
     score: float
 
 
-@dataclass(frozen=True)
-class ItemMeta:
-    """What filters match on, kept beside each vector."""
-
-    label: str = ""
-    attributes: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class SearchFilter:
-    label: str = ""
-    attributes: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def empty(self) -> bool:
-        return not self.label and not self.attributes
-
-
-NO_FILTER = SearchFilter()
 # A filter keeping at most this share of the index (or fewer than the exact
 # threshold) is searched exactly over the matching rows; broader ones use
 # ScaNN over-fetching within the shard, topped up exactly when short.
@@ -102,7 +95,9 @@ class VectorIndex:
 
     def __init__(self, dims: int, exact_threshold: int, background_builds: bool = True) -> None:
         self.dims = dims
+        self.default_exact_threshold = exact_threshold
         self.exact_threshold = exact_threshold
+        self.overrides = NO_OVERRIDES
         self._matrix = np.zeros((INITIAL_CAPACITY, dims), dtype=np.float32)
         self._live = np.zeros(INITIAL_CAPACITY, dtype=bool)
         self._ids: list[str | None] = [None] * INITIAL_CAPACITY
@@ -285,6 +280,17 @@ class VectorIndex:
             for row_ids, row_scores in zip(ids, scores, strict=True)
         ]
 
+    def set_overrides(self, overrides: IndexOverrides) -> None:
+        """Applies a collection's settings: the threshold at once, ScaNN ones at the next build."""
+        with self._lock:
+            if overrides == self.overrides:
+                return
+            self.overrides = overrides
+            self.exact_threshold = overrides.exact_threshold or self.default_exact_threshold
+            if self._scann is not None:
+                self._changes_since_build = self.size  # retrain with the new parameters
+            self._maybe_rebuild()
+
     @property
     def rebuilding(self) -> bool:
         return self._pending is not None
@@ -314,15 +320,18 @@ class VectorIndex:
         self._changes_since_build = 0
         if self.background_builds:
             self._builder = threading.Thread(
-                target=self._finish_build, args=(data, docids), name="scann-build", daemon=True
+                target=self._finish_build,
+                args=(data, docids, self.overrides),
+                name="scann-build",
+                daemon=True,
             )
             self._builder.start()
         else:
-            self._finish_build(data, docids)
+            self._finish_build(data, docids, self.overrides)
 
-    def _finish_build(self, data: np.ndarray, docids: list[str]) -> None:
+    def _finish_build(self, data: np.ndarray, docids: list[str], overrides: IndexOverrides) -> None:
         try:
-            searcher = build_searcher(data, docids)
+            searcher = build_searcher(data, docids, overrides)
         except Exception:
             log.exception("ScaNN build failed; serving continues with the previous index")
             with self._lock:

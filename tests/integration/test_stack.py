@@ -18,6 +18,7 @@ from services.common.errors import (
     ResourceExhaustedError,
     UnavailableError,
 )
+from services.common.index_types import IndexOverrides
 from visearch import demo, localstack
 from visearch.client import IngestItem
 
@@ -209,3 +210,17 @@ def test_search_filters_by_label_and_attribute(client, samples):
     ).hits
     assert narrow and all(h.label == "colour" and h.attributes["set"] == "b" for h in narrow)
     assert client.search("filtered", query, label="nothing-has-this").hits == []
+
+
+def test_collection_index_settings_round_trip(client, samples):
+    info = client.create_collection(
+        "tuned", default_rerank="geometric", index=IndexOverrides(exact_threshold=5000, reorder=300)
+    )
+    assert (info.exact_threshold, info.reorder, info.default_rerank) == (5000, 300, "geometric")
+    client.ingest("tuned", [IngestItem("one", image=samples[0].read_bytes())])
+    result = client.search("tuned", samples[0].read_bytes(), k=1)
+    assert result.hits[0].id == "one" and result.hits[0].inliers > 0  # geometric by default
+    with pytest.raises(InvalidArgumentError, match="leaves_to_search"):
+        client.create_collection(
+            "bad-index", index=IndexOverrides(num_leaves=4, leaves_to_search=8)
+        )

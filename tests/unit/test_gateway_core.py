@@ -13,6 +13,7 @@ from services.common.errors import (
     UnavailableError,
 )
 from services.common.imaging import ImageLimits, decode_rgb
+from services.common.index_types import IndexOverrides, SearchFilter
 from services.common.local_features import LocalFeatures
 from services.common.metadata import InMemoryMetadataStore
 from services.common.objectstore import InMemoryObjectStore
@@ -26,7 +27,6 @@ from services.gateway.ports import (
     ShardInfo,
 )
 from services.indexer.core import Shard
-from services.indexer.vector_index import SearchFilter
 
 LIMITS = ImageLimits(max_bytes=1_000_000)
 
@@ -66,8 +66,8 @@ class InProcessShard:
         self.delay_s = delay_s
         self.broken = broken
 
-    def upsert(self, collection, ids, vectors, metadata, timeout):
-        self.core.upsert(collection, ids, vectors, metadata)
+    def upsert(self, collection, ids, vectors, metadata, overrides, timeout):
+        self.core.upsert(collection, ids, vectors, metadata, overrides)
 
     def delete(self, collection, ids, timeout):
         return self.core.delete(collection, ids)[0]
@@ -230,3 +230,13 @@ def test_filters_are_applied_inside_the_shards(gateway):
         gateway.search(
             SearchQuery("c", image=query, search_filter=SearchFilter("", {"": "x"})), None
         )
+
+
+def test_collection_index_settings_reach_the_shards(gateway):
+    gateway.create_collection("tuned", index=IndexOverrides(exact_threshold=2))
+    gateway.ingest("tuned", [IngestItem(f"t-{i}", image=jpeg(i)) for i in range(4)], False, None)
+    for shard in gateway.shards:
+        (stats,) = shard.core.stats("tuned")
+        assert shard.core._collections["tuned"].index.exact_threshold == 2
+    with pytest.raises(InvalidArgumentError, match="leaves_to_search"):
+        gateway.create_collection("bad", index=IndexOverrides(num_leaves=10, leaves_to_search=20))

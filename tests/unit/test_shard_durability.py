@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from services.common.errors import InvalidArgumentError
+from services.common.index_types import IndexOverrides, ItemMeta, SearchFilter
 from services.indexer.core import Shard
 from services.indexer.durability import InMemorySnapshotStore, InMemoryWriteAheadLog
-from services.indexer.vector_index import ItemMeta, SearchFilter
 
 
 def unit(rng, n, dims=16):
@@ -88,7 +88,13 @@ def test_metadata_survives_snapshot_and_replay():
     rng = np.random.default_rng(3)
     wal, snaps = InMemoryWriteAheadLog(), InMemorySnapshotStore()
     shard = Shard(0, 1000, wal, snaps)
-    shard.upsert("c", ["x", "y"], unit(rng, 2), [ItemMeta("red"), ItemMeta("blue", {"k": "v"})])
+    shard.upsert(
+        "c",
+        ["x", "y"],
+        unit(rng, 2),
+        [ItemMeta("red"), ItemMeta("blue", {"k": "v"})],
+        IndexOverrides(exact_threshold=7),
+    )
     shard.snapshot("c")
     shard.upsert("c", ["z"], unit(rng, 1), [ItemMeta("red")])
     restarted = Shard(0, 1000, wal, snaps)
@@ -97,3 +103,4 @@ def test_metadata_survives_snapshot_and_replay():
     assert sorted(n.id for n in red[0]) == ["x", "z"]
     tagged, _ = restarted.search("c", unit(rng, 1), 10, SearchFilter("", {"k": "v"}))
     assert [n.id for n in tagged[0]] == ["y"]
+    assert restarted._collections["c"].index.exact_threshold == 7

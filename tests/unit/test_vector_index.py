@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 
 from services.common.errors import InvalidArgumentError
+from services.common.index_types import IndexOverrides, ItemMeta, SearchFilter
 from services.indexer.core import Shard
-from services.indexer.vector_index import ItemMeta, SearchFilter, VectorIndex
+from services.indexer.vector_index import VectorIndex, scann_params_for
 
 
 def clustered_unit_vectors(n: int, dims: int, clusters: int, seed: int) -> np.ndarray:
@@ -180,3 +181,17 @@ def test_background_rebuild_swaps_in_a_new_searcher_without_losing_writes():
         ]
     )
     assert recall >= 0.9
+
+
+def test_overrides_set_the_threshold_and_the_partitioning():
+    data = clustered_unit_vectors(3000, 16, 20, seed=11)
+    index = VectorIndex(16, exact_threshold=100_000)
+    index.upsert([str(i) for i in range(3000)], data)
+    assert index.method == "exact"
+    index.set_overrides(IndexOverrides(exact_threshold=1000, num_leaves=30, leaves_to_search=30))
+    index.wait_for_build()
+    assert index.method == "scann" and index.exact_threshold == 1000
+    # Searching every leaf with exact re-ordering finds the true nearest neighbour.
+    results, _ = index.search(data[:20], 1)
+    assert [r[0].id for r in results] == [str(i) for i in range(20)]
+    assert scann_params_for(3000, index.overrides).num_leaves == 30

@@ -79,3 +79,15 @@ class Filter(_message.Message):
     label: str
     attributes: _containers.ScalarMap[str, str]
     def __init__(self, label: _Optional[str] = ..., attributes: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class IndexParams(_message.Message):
+    __slots__ = ("exact_threshold", "num_leaves", "leaves_to_search", "reorder")
+    EXACT_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    NUM_LEAVES_FIELD_NUMBER: _ClassVar[int]
+    LEAVES_TO_SEARCH_FIELD_NUMBER: _ClassVar[int]
+    REORDER_FIELD_NUMBER: _ClassVar[int]
+    exact_threshold: int
+    num_leaves: int
+    leaves_to_search: int
+    reorder: int
+    def __init__(self, exact_threshold: _Optional[int] = ..., num_leaves: _Optional[int] = ..., leaves_to_search: _Optional[int] = ..., reorder: _Optional[int] = ...) -> None: ...

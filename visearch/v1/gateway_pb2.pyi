@@ -8,32 +8,36 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Collection(_message.Message):
-    __slots__ = ("name", "model_version", "shards", "default_rerank", "local_feature_type", "rerank_depth")
+    __slots__ = ("name", "model_version", "shards", "default_rerank", "local_feature_type", "rerank_depth", "index_params")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     SHARDS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_RERANK_FIELD_NUMBER: _ClassVar[int]
     LOCAL_FEATURE_TYPE_FIELD_NUMBER: _ClassVar[int]
     RERANK_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    INDEX_PARAMS_FIELD_NUMBER: _ClassVar[int]
     name: str
     model_version: str
     shards: int
     default_rerank: _common_pb2.RerankMode
     local_feature_type: str
     rerank_depth: int
-    def __init__(self, name: _Optional[str] = ..., model_version: _Optional[str] = ..., shards: _Optional[int] = ..., default_rerank: _Optional[_Union[_common_pb2.RerankMode, str]] = ..., local_feature_type: _Optional[str] = ..., rerank_depth: _Optional[int] = ...) -> None: ...
+    index_params: _common_pb2.IndexParams
+    def __init__(self, name: _Optional[str] = ..., model_version: _Optional[str] = ..., shards: _Optional[int] = ..., default_rerank: _Optional[_Union[_common_pb2.RerankMode, str]] = ..., local_feature_type: _Optional[str] = ..., rerank_depth: _Optional[int] = ..., index_params: _Optional[_Union[_common_pb2.IndexParams, _Mapping]] = ...) -> None: ...
 
 class CreateCollectionRequest(_message.Message):
-    __slots__ = ("name", "default_rerank", "local_feature_type", "rerank_depth")
+    __slots__ = ("name", "default_rerank", "local_feature_type", "rerank_depth", "index_params")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_RERANK_FIELD_NUMBER: _ClassVar[int]
     LOCAL_FEATURE_TYPE_FIELD_NUMBER: _ClassVar[int]
     RERANK_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    INDEX_PARAMS_FIELD_NUMBER: _ClassVar[int]
     name: str
     default_rerank: _common_pb2.RerankMode
     local_feature_type: str
     rerank_depth: int
-    def __init__(self, name: _Optional[str] = ..., default_rerank: _Optional[_Union[_common_pb2.RerankMode, str]] = ..., local_feature_type: _Optional[str] = ..., rerank_depth: _Optional[int] = ...) -> None: ...
+    index_params: _common_pb2.IndexParams
+    def __init__(self, name: _Optional[str] = ..., default_rerank: _Optional[_Union[_common_pb2.RerankMode, str]] = ..., local_feature_type: _Optional[str] = ..., rerank_depth: _Optional[int] = ..., index_params: _Optional[_Union[_common_pb2.IndexParams, _Mapping]] = ...) -> None: ...
 
 class IngestItem(_message.Message):
     __slots__ = ("id", "image", "label", "attributes")

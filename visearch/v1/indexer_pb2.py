@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from visearch.v1 import common_pb2 as visearch_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19visearch/v1/indexer.proto\x12\x0bvisearch.v1\x1a\x18visearch/v1/common.proto\"%\n\x0fSnapshotRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\"\x89\x01\n\x10SnapshotResponse\x12\x42\n\x0b\x63overed_seq\x18\x01 \x03(\x0b\x32-.visearch.v1.SnapshotResponse.CoveredSeqEntry\x1a\x31\n\x0f\x43overedSeqEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x83\x01\n\rUpsertRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\x12$\n\x07vectors\x18\x03 \x03(\x0b\x32\x13.visearch.v1.Vector\x12+\n\x08metadata\x18\x04 \x03(\x0b\x32\x19.visearch.v1.ItemMetadata\"0\n\x0eUpsertResponse\x12\x10\n\x08upserted\x18\x01 \x01(\x05\x12\x0c\n\x04size\x18\x02 \x01(\x03\"5\n\x12IndexDeleteRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\"4\n\x13IndexDeleteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x05\x12\x0c\n\x04size\x18\x02 \x01(\x03\"~\n\x12IndexSearchRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12$\n\x07queries\x18\x02 \x03(\x0b\x32\x13.visearch.v1.Vector\x12\t\n\x01k\x18\x03 \x01(\x05\x12#\n\x06\x66ilter\x18\x04 \x01(\x0b\x32\x13.visearch.v1.Filter\"%\n\x08Neighbor\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"8\n\x0cNeighborList\x12(\n\tneighbors\x18\x01 \x03(\x0b\x32\x15.visearch.v1.Neighbor\"`\n\x13IndexSearchResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.visearch.v1.NeighborList\x12\r\n\x05shard\x18\x02 \x01(\x05\x12\x0e\n\x06method\x18\x03 \x01(\t\"\'\n\x11IndexStatsRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\"\x81\x01\n\x14\x43ollectionIndexStats\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x0c\n\x04\x64ims\x18\x03 \x01(\x05\x12\x0e\n\x06method\x18\x04 \x01(\t\x12\x13\n\x0b\x61pplied_seq\x18\x05 \x01(\t\x12\x14\n\x0csnapshot_seq\x18\x06 \x01(\t\"[\n\x12IndexStatsResponse\x12\r\n\x05shard\x18\x01 \x01(\x05\x12\x36\n\x0b\x63ollections\x18\x02 \x03(\x0b\x32!.visearch.v1.CollectionIndexStats2\xf9\x02\n\x07Indexer\x12\x41\n\x06Upsert\x12\x1a.visearch.v1.UpsertRequest\x1a\x1b.visearch.v1.UpsertResponse\x12K\n\x06\x44\x65lete\x12\x1f.visearch.v1.IndexDeleteRequest\x1a .visearch.v1.IndexDeleteResponse\x12K\n\x06Search\x12\x1f.visearch.v1.IndexSearchRequest\x1a .visearch.v1.IndexSearchResponse\x12H\n\x05Stats\x12\x1e.visearch.v1.IndexStatsRequest\x1a\x1f.visearch.v1.IndexStatsResponse\x12G\n\x08Snapshot\x12\x1c.visearch.v1.SnapshotRequest\x1a\x1d.visearch.v1.SnapshotResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19visearch/v1/indexer.proto\x12\x0bvisearch.v1\x1a\x18visearch/v1/common.proto\"%\n\x0fSnapshotRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\"\x89\x01\n\x10SnapshotResponse\x12\x42\n\x0b\x63overed_seq\x18\x01 \x03(\x0b\x32-.visearch.v1.SnapshotResponse.CoveredSeqEntry\x1a\x31\n\x0f\x43overedSeqEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xad\x01\n\rUpsertRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\x12$\n\x07vectors\x18\x03 \x03(\x0b\x32\x13.visearch.v1.Vector\x12+\n\x08metadata\x18\x04 \x03(\x0b\x32\x19.visearch.v1.ItemMetadata\x12(\n\x06params\x18\x05 \x01(\x0b\x32\x18.visearch.v1.IndexParams\"0\n\x0eUpsertResponse\x12\x10\n\x08upserted\x18\x01 \x01(\x05\x12\x0c\n\x04size\x18\x02 \x01(\x03\"5\n\x12IndexDeleteRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\"4\n\x13IndexDeleteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x05\x12\x0c\n\x04size\x18\x02 \x01(\x03\"~\n\x12IndexSearchRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12$\n\x07queries\x18\x02 \x03(\x0b\x32\x13.visearch.v1.Vector\x12\t\n\x01k\x18\x03 \x01(\x05\x12#\n\x06\x66ilter\x18\x04 \x01(\x0b\x32\x13.visearch.v1.Filter\"%\n\x08Neighbor\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"8\n\x0cNeighborList\x12(\n\tneighbors\x18\x01 \x03(\x0b\x32\x15.visearch.v1.Neighbor\"`\n\x13IndexSearchResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.visearch.v1.NeighborList\x12\r\n\x05shard\x18\x02 \x01(\x05\x12\x0e\n\x06method\x18\x03 \x01(\t\"\'\n\x11IndexStatsRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\"\x81\x01\n\x14\x43ollectionIndexStats\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x0c\n\x04\x64ims\x18\x03 \x01(\x05\x12\x0e\n\x06method\x18\x04 \x01(\t\x12\x13\n\x0b\x61pplied_seq\x18\x05 \x01(\t\x12\x14\n\x0csnapshot_seq\x18\x06 \x01(\t\"[\n\x12IndexStatsResponse\x12\r\n\x05shard\x18\x01 \x01(\x05\x12\x36\n\x0b\x63ollections\x18\x02 \x03(\x0b\x32!.visearch.v1.CollectionIndexStats2\xf9\x02\n\x07Indexer\x12\x41\n\x06Upsert\x12\x1a.visearch.v1.UpsertRequest\x1a\x1b.visearch.v1.UpsertResponse\x12K\n\x06\x44\x65lete\x12\x1f.visearch.v1.IndexDeleteRequest\x1a .visearch.v1.IndexDeleteResponse\x12K\n\x06Search\x12\x1f.visearch.v1.IndexSearchRequest\x1a .visearch.v1.IndexSearchResponse\x12H\n\x05Stats\x12\x1e.visearch.v1.IndexStatsRequest\x1a\x1f.visearch.v1.IndexStatsResponse\x12G\n\x08Snapshot\x12\x1c.visearch.v1.SnapshotRequest\x1a\x1d.visearch.v1.SnapshotResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,27 +41,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SNAPSHOTRESPONSE_COVEREDSEQENTRY']._serialized_start=196
   _globals['_SNAPSHOTRESPONSE_COVEREDSEQENTRY']._serialized_end=245
   _globals['_UPSERTREQUEST']._serialized_start=248
-  _globals['_UPSERTREQUEST']._serialized_end=379
-  _globals['_UPSERTRESPONSE']._serialized_start=381
-  _globals['_UPSERTRESPONSE']._serialized_end=429
-  _globals['_INDEXDELETEREQUEST']._serialized_start=431
-  _globals['_INDEXDELETEREQUEST']._serialized_end=484
-  _globals['_INDEXDELETERESPONSE']._serialized_start=486
-  _globals['_INDEXDELETERESPONSE']._serialized_end=538
-  _globals['_INDEXSEARCHREQUEST']._serialized_start=540
-  _globals['_INDEXSEARCHREQUEST']._serialized_end=666
-  _globals['_NEIGHBOR']._serialized_start=668
-  _globals['_NEIGHBOR']._serialized_end=705
-  _globals['_NEIGHBORLIST']._serialized_start=707
-  _globals['_NEIGHBORLIST']._serialized_end=763
-  _globals['_INDEXSEARCHRESPONSE']._serialized_start=765
-  _globals['_INDEXSEARCHRESPONSE']._serialized_end=861
-  _globals['_INDEXSTATSREQUEST']._serialized_start=863
-  _globals['_INDEXSTATSREQUEST']._serialized_end=902
-  _globals['_COLLECTIONINDEXSTATS']._serialized_start=905
-  _globals['_COLLECTIONINDEXSTATS']._serialized_end=1034
-  _globals['_INDEXSTATSRESPONSE']._serialized_start=1036
-  _globals['_INDEXSTATSRESPONSE']._serialized_end=1127
-  _globals['_INDEXER']._serialized_start=1130
-  _globals['_INDEXER']._serialized_end=1507
+  _globals['_UPSERTREQUEST']._serialized_end=421
+  _globals['_UPSERTRESPONSE']._serialized_start=423
+  _globals['_UPSERTRESPONSE']._serialized_end=471
+  _globals['_INDEXDELETEREQUEST']._serialized_start=473
+  _globals['_INDEXDELETEREQUEST']._serialized_end=526
+  _globals['_INDEXDELETERESPONSE']._serialized_start=528
+  _globals['_INDEXDELETERESPONSE']._serialized_end=580
+  _globals['_INDEXSEARCHREQUEST']._serialized_start=582
+  _globals['_INDEXSEARCHREQUEST']._serialized_end=708
+  _globals['_NEIGHBOR']._serialized_start=710
+  _globals['_NEIGHBOR']._serialized_end=747
+  _globals['_NEIGHBORLIST']._serialized_start=749
+  _globals['_NEIGHBORLIST']._serialized_end=805
+  _globals['_INDEXSEARCHRESPONSE']._serialized_start=807
+  _globals['_INDEXSEARCHRESPONSE']._serialized_end=903
+  _globals['_INDEXSTATSREQUEST']._serialized_start=905
+  _globals['_INDEXSTATSREQUEST']._serialized_end=944
+  _globals['_COLLECTIONINDEXSTATS']._serialized_start=947
+  _globals['_COLLECTIONINDEXSTATS']._serialized_end=1076
+  _globals['_INDEXSTATSRESPONSE']._serialized_start=1078
+  _globals['_INDEXSTATSRESPONSE']._serialized_end=1169
+  _globals['_INDEXER']._serialized_start=1172
+  _globals['_INDEXER']._serialized_end=1549
 # @@protoc_insertion_point(module_scope)

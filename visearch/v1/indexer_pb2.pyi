@@ -27,16 +27,18 @@ class SnapshotResponse(_message.Message):
     def __init__(self, covered_seq: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class UpsertRequest(_message.Message):
-    __slots__ = ("collection", "ids", "vectors", "metadata")
+    __slots__ = ("collection", "ids", "vectors", "metadata", "params")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     IDS_FIELD_NUMBER: _ClassVar[int]
     VECTORS_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_FIELD_NUMBER: _ClassVar[int]
     collection: str
     ids: _containers.RepeatedScalarFieldContainer[str]
     vectors: _containers.RepeatedCompositeFieldContainer[_common_pb2.Vector]
     metadata: _containers.RepeatedCompositeFieldContainer[_common_pb2.ItemMetadata]
-    def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., vectors: _Optional[_Iterable[_Union[_common_pb2.Vector, _Mapping]]] = ..., metadata: _Optional[_Iterable[_Union[_common_pb2.ItemMetadata, _Mapping]]] = ...) -> None: ...
+    params: _common_pb2.IndexParams
+    def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., vectors: _Optional[_Iterable[_Union[_common_pb2.Vector, _Mapping]]] = ..., metadata: _Optional[_Iterable[_Union[_common_pb2.ItemMetadata, _Mapping]]] = ..., params: _Optional[_Union[_common_pb2.IndexParams, _Mapping]] = ...) -> None: ...
 
 class UpsertResponse(_message.Message):
     __slots__ = ("upserted", "size")

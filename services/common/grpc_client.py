@@ -11,6 +11,7 @@ import grpc
 from services.common.errors import ERRORS_BY_STATUS, InternalError, VisearchError
 
 ResponseT = TypeVar("ResponseT")
+MAX_RECONNECT_BACKOFF_MS = 2000
 
 # gRPC's own retry machinery (service config) for calls that are safe to repeat.
 RETRY_SERVICE_CONFIG = json.dumps(
@@ -38,6 +39,11 @@ def make_channel(address: str, max_message_bytes: int, *, retries: bool = True) 
         ("grpc.enable_retries", 1 if retries else 0),
         # Spread calls over every address a name resolves to (headless Services on Kubernetes).
         ("grpc.lb_policy_name", "round_robin"),
+        # A restarted peer (a shard after a crash) is reached again within seconds, not the
+        # default two minutes of reconnect backoff.
+        ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.min_reconnect_backoff_ms", 200),
+        ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
     ]
     if retries:
         options.append(("grpc.service_config", RETRY_SERVICE_CONFIG))

@@ -140,6 +140,8 @@ class RedisWriteAheadLog:
                         "ids": json.dumps(ids),
                         "dims": dims,
                         "vectors": _encode_vectors(vectors),
+                        "meta": _metadata_json(metadata),
+                        "params": _overrides_json(overrides),
                     },
                 )
                 _, seq = pipe.execute()

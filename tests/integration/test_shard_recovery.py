@@ -15,10 +15,11 @@ import redis
 from PIL import Image
 
 from services.common.errors import VisearchError
+from services.common.index_types import IndexOverrides, ItemMeta, SearchFilter
 from services.common.objectstore import S3ObjectStore
 from services.indexer.core import Shard
 from services.indexer.durability import ObjectSnapshotStore, RedisWriteAheadLog
-from tests.unit.test_shard_durability import assert_same_answers, run_workload
+from tests.unit.test_shard_durability import assert_same_answers, run_workload, unit
 from visearch import demo, localstack
 from visearch.client import IngestItem
 from visearch.v1 import indexer_pb2, indexer_pb2_grpc
@@ -43,10 +44,24 @@ def test_recovery_on_real_redis_and_s3(storage):
     rng = np.random.default_rng(2)
     original = make_shard()
     alive = run_workload(original, rng, rounds=12, snapshot_at=(5,))
+    # Metadata and index settings, in the snapshot and in the log after it.
+    original.upsert("a", ["m1"], unit(rng, 1), [ItemMeta("tagged", {"k": "v"})])
+    original.snapshot("a")
+    original.upsert(
+        "a", ["m2"], unit(rng, 1), [ItemMeta("tagged")], IndexOverrides(exact_threshold=77)
+    )
+    alive["a"]["m1"] = alive["a"]["m2"] = None
     restarted = make_shard()
     report = restarted.recover()
     assert report.from_snapshots == 2
     assert_same_answers(restarted, original, alive, rng)
+    tagged, _ = restarted.search("a", unit(rng, 1), 10, SearchFilter("tagged"))
+    assert sorted(n.id for n in tagged[0]) == ["m1", "m2"]
+    assert [
+        n.id for n in restarted.search("a", unit(rng, 1), 10, SearchFilter("", {"k": "v"}))[0][0]
+    ] == ["m1"]
+    assert restarted.stats("a")[0].size == original.stats("a")[0].size
+    assert restarted._collections["a"].index.exact_threshold == 77
 
 
 def crops(samples: list[Path], count: int) -> list[bytes]:

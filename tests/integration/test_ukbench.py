@@ -11,6 +11,7 @@ UKBENCH = DATASETS / "ukbench1000"
 
 
 @pytest.mark.skipif(not UKBENCH.exists(), reason=f"{UKBENCH} is absent (shared datasets)")
+@pytest.mark.timeout(2700)  # ingest 1,000 + 2,000 searches on 2 cores
 def test_ukbench_ns_score(client):
     entries = datasets.ukbench(UKBENCH)
     labels = {e.id: e.label for e in entries}

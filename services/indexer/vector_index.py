@@ -28,6 +28,8 @@ MAX_K = 1000
 INITIAL_CAPACITY = 1024
 # Retrain the partitions once this share of the index has changed since the last build.
 REBUILD_CHANGE_FRACTION = 0.5
+# ... or once this many rows await a build (each query scores them exactly).
+MAX_FRESH_ROWS = 20_000
 log = logging.getLogger(__name__)
 
 
@@ -115,6 +117,11 @@ class VectorIndex:
         self._built_size = 0
         self._changes_since_build = 0
         self._pending: list[tuple[str, list[str], np.ndarray | None]] | None = None
+        # Rows written since the serving searcher's data was copied (row -> write number).
+        # They are also scored exactly and merged in, so a fresh write is always found even
+        # where ScaNN's partitions or quantisation would miss it (read-your-writes).
+        self._fresh: dict[int, int] = {}
+        self._writes = 0
         self._builder: threading.Thread | None = None
         self.rebuilds = 0
         self._lock = threading.RLock()
@@ -159,6 +166,9 @@ class VectorIndex:
                     self._unindex_meta(row)
                 self._matrix[row] = vector
                 self._index_meta(row, metadata[position] if metadata is not None else ItemMeta())
+                if self._scann is not None or self._pending is not None:
+                    self._writes += 1
+                    self._fresh[row] = self._writes
             if self._scann is not None:
                 self._scann.upsert(list(ids), vectors)
             if self._pending is not None:
@@ -176,6 +186,7 @@ class VectorIndex:
                 self._live[row] = False
                 self._ids[row] = None
                 self._free_rows.append(row)
+                self._fresh.pop(row, None)
             if self._scann is not None and present:
                 self._scann.delete(present)
             if self._pending is not None and present:
@@ -207,9 +218,9 @@ class VectorIndex:
             if not search_filter.empty:
                 return self._search_filtered(queries, k, search_filter)
             if self._use_scann():
-                return self._search_scann(queries, min(k, self.size)), "scann"
-            live_rows = np.flatnonzero(self._live[: self._high_water])
-            return self._search_exact(queries, min(k, self.size), live_rows), "exact"
+                k = min(k, self.size)
+                return self._with_fresh(queries, k, self._search_scann(queries, k)), "scann"
+            return self._search_exact_all(queries, min(k, self.size)), "exact"
 
     def _search_filtered(
         self, queries: np.ndarray, k: int, search_filter: SearchFilter
@@ -229,7 +240,28 @@ class VectorIndex:
             if len(kept) < k:
                 kept = self._search_exact(queries[query_index : query_index + 1], k, rows)[0]
             results.append(kept)
-        return results, "scann-filtered"
+        return self._with_fresh(queries, k, results, allowed), "scann-filtered"
+
+    def _with_fresh(
+        self,
+        queries: np.ndarray,
+        k: int,
+        results: list[list[Neighbor]],
+        allowed: set[int] | None = None,
+    ) -> list[list[Neighbor]]:
+        """Merges exact scores of rows written since the last build into ANN results."""
+        fresh = [row for row in self._fresh if allowed is None or row in allowed]
+        if not fresh:
+            return results
+        exact = self._search_exact(queries, k, np.asarray(fresh, dtype=np.int64))
+        merged = []
+        for approximate, fresh_hits in zip(results, exact, strict=True):
+            best: dict[str, float] = {}
+            for neighbor in (*approximate, *fresh_hits):
+                best[neighbor.id] = max(best.get(neighbor.id, -np.inf), neighbor.score)
+            ranked = sorted(best.items(), key=lambda item: (-item[1], item[0]))[:k]
+            merged.append([Neighbor(image_id, score) for image_id, score in ranked])
+        return merged
 
     def _matching_rows(self, search_filter: SearchFilter) -> np.ndarray:
         """Sorted int64 rows whose metadata satisfies every condition of the filter."""
@@ -242,10 +274,19 @@ class VectorIndex:
         matching = set(row_sets[0]).intersection(*row_sets[1:])
         return np.fromiter(sorted(matching), dtype=np.int64, count=len(matching))
 
+    def _search_exact_all(self, queries: np.ndarray, k: int) -> list[list[Neighbor]]:
+        """Exact top-k over every live row, on a view of the matrix (no copy)."""
+        used = self._high_water
+        scores = queries @ self._matrix[:used].T
+        scores[:, ~self._live[:used]] = -np.inf
+        return self._top_k(scores, k, np.arange(used))
+
     def _search_exact(self, queries: np.ndarray, k: int, rows: np.ndarray) -> list[list[Neighbor]]:
-        """Exact top-k over the given live rows (int64 [m])."""
-        scores = queries @ self._matrix[rows].T
-        k = min(k, len(rows))
+        """Exact top-k over the given live rows (int64 [m]; a filter's few matches)."""
+        return self._top_k(queries @ self._matrix[rows].T, min(k, len(rows)), rows)
+
+    def _top_k(self, scores: np.ndarray, k: int, rows: np.ndarray) -> list[list[Neighbor]]:
+        """scores: float32 [q, m] for `rows` (int64 [m]) -> q lists of the best k."""
         top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
         results = []
         for query_index, candidates in enumerate(top):
@@ -306,8 +347,12 @@ class VectorIndex:
             return False
         if self._scann is None:
             return True
-        # Partitions trained on the old data erode recall as vectors are added.
-        return self._changes_since_build >= REBUILD_CHANGE_FRACTION * max(self._built_size, 1)
+        # Partitions trained on the old data erode recall as vectors are added, and the
+        # fresh rows scored exactly on every query must stay few.
+        return (
+            self._changes_since_build >= REBUILD_CHANGE_FRACTION * max(self._built_size, 1)
+            or len(self._fresh) > MAX_FRESH_ROWS
+        )
 
     def _maybe_rebuild(self) -> None:
         """Called with the lock held: starts a (re)build when one is due."""
@@ -321,15 +366,18 @@ class VectorIndex:
         if self.background_builds:
             self._builder = threading.Thread(
                 target=self._finish_build,
-                args=(data, docids, self.overrides),
+                args=(data, docids, self.overrides, self._writes),
                 name="scann-build",
                 daemon=True,
             )
             self._builder.start()
         else:
-            self._finish_build(data, docids, self.overrides)
+            self._finish_build(data, docids, self.overrides, self._writes)
 
-    def _finish_build(self, data: np.ndarray, docids: list[str], overrides: IndexOverrides) -> None:
+    def _finish_build(
+        self, data: np.ndarray, docids: list[str], overrides: IndexOverrides, writes_at_copy: int
+    ) -> None:
+        """Trains a searcher on the copied data, replays later writes, swaps it in."""
         try:
             searcher = build_searcher(data, docids, overrides)
         except Exception:
@@ -346,7 +394,10 @@ class VectorIndex:
             self._scann = searcher
             self._built_size = len(docids)
             self._pending = None
+            self._fresh = {row: n for row, n in self._fresh.items() if n > writes_at_copy}
             self.rebuilds += 1
+            # Writes during this build may already call for the next one.
+            self._maybe_rebuild()
 
     def _take_row(self) -> int:
         if self._free_rows:

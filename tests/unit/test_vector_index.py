@@ -195,3 +195,17 @@ def test_overrides_set_the_threshold_and_the_partitioning():
     results, _ = index.search(data[:20], 1)
     assert [r[0].id for r in results] == [str(i) for i in range(20)]
     assert scann_params_for(3000, index.overrides).num_leaves == 30
+
+
+def test_fresh_writes_are_found_by_their_own_vector_after_a_build():
+    data = clustered_unit_vectors(6000, 32, 30, seed=12)
+    index = VectorIndex(32, exact_threshold=2000)
+    index.upsert([f"id{i}" for i in range(6000)], data)
+    index.wait_for_build()
+    fresh = clustered_unit_vectors(300, 32, 30, seed=13)
+    index.upsert([f"new{i}" for i in range(300)], fresh)  # below the rebuild trigger
+    assert not index.rebuilding and index.method == "scann"
+    results, _ = index.search(fresh, 1)
+    assert [r[0].id for r in results] == [f"new{i}" for i in range(300)]
+    index.delete(["new0"])
+    assert index.search(fresh[:1], 3)[0][0][0].id != "new0"

@@ -209,3 +209,21 @@ def test_fresh_writes_are_found_by_their_own_vector_after_a_build():
     assert [r[0].id for r in results] == [f"new{i}" for i in range(300)]
     index.delete(["new0"])
     assert index.search(fresh[:1], 3)[0][0][0].id != "new0"
+
+
+def test_large_k_keeps_recall():
+    data = clustered_unit_vectors(8000, 32, 40, seed=14)
+    index = VectorIndex(32, exact_threshold=1000)
+    index.upsert([f"id{i}" for i in range(8000)], data)
+    index.wait_for_build()
+    queries = clustered_unit_vectors(10, 32, 40, seed=15)
+    results, method = index.search(queries, 600)
+    expected = brute_force(data, queries, 600)
+    recall = np.mean(
+        [
+            len({n.id for n in g} & {f"id{i}" for i in w}) / 600
+            for g, w in zip(results, expected, strict=True)
+        ]
+    )
+    assert method == "scann" and all(len(r) == 600 for r in results)
+    assert recall >= 0.9

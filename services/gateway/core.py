@@ -151,11 +151,12 @@ class GatewayCore:
     ) -> list[IngestOutcome]:
         """Stores, embeds and indexes items; all-or-nothing for invalid input."""
         deadline = Deadline(timeout_s or self._settings.default_timeout_s)
+        check_collection_name(collection)
+        validation.check_ingest_items(items)
+        images = [self._image_bytes(item.image, item.object_key, item.id) for item in items]
         if create and self._s.metadata.get_collection(collection) is None:
             self.create_collection(collection)
         config = self.collection(collection)
-        validation.check_ingest_items(items)
-        images = [self._image_bytes(item.image, item.object_key, item.id) for item in items]
         embedded_future = self._pool.submit(
             self._s.embedder.embed_global, images, deadline.remaining()
         )

@@ -30,6 +30,8 @@ INITIAL_CAPACITY = 1024
 REBUILD_CHANGE_FRACTION = 0.5
 # ... or once this many rows await a build (each query scores them exactly).
 MAX_FRESH_ROWS = 20_000
+# Below this ScaNN's quantiser cannot train (and exact search is fast anyway).
+MIN_SCANN_VECTORS = 1000
 log = logging.getLogger(__name__)
 
 
@@ -353,7 +355,7 @@ class VectorIndex:
             builder.join(timeout)
 
     def _needs_build(self) -> bool:
-        if self.size < self.exact_threshold:
+        if self.size < max(self.exact_threshold, MIN_SCANN_VECTORS):
             return False
         if self._scann is None:
             return True

@@ -157,6 +157,10 @@ def test_bad_input_stores_nothing(gateway):
         gateway.ingest("c", [IngestItem("d", image=jpeg(1))] * 2, create=False, timeout_s=None)
     with pytest.raises(InvalidArgumentError, match="invalid"):
         gateway.ingest("c", [IngestItem("bad id!", image=jpeg(1))], create=False, timeout_s=None)
+    with pytest.raises(InvalidArgumentError, match="invalid"):
+        gateway.ingest("new", [IngestItem("bad id!", image=jpeg(1))], create=True, timeout_s=None)
+    with pytest.raises(NotFoundError):
+        gateway.collection("new")  # bad input created nothing
     assert sorted(gateway.store.list("images/")) == before
     with pytest.raises(NotFoundError):
         gateway.get("c", "ok")

@@ -6,7 +6,10 @@ PY := $(VENV)/bin/python
 VISEARCH := $(VENV)/bin/visearch
 STAMP := $(VENV)/.installed
 
-.PHONY: setup models demo up down test test-unit lint protos bench clean
+.PHONY: setup models demo up down test test-unit lint protos bench clean eval
+
+# All re-rank modes on plain and transformed ukbench1000 queries (the stack must be up).
+EVAL_MODES ?= none,geometric:rootsift,geometric:delf,texture
 
 setup: $(STAMP)
 
@@ -39,6 +42,11 @@ lint: setup
 
 protos: setup
 	scripts/gen_protos.sh
+
+eval: models
+	$(VISEARCH) eval ../shared/datasets/ukbench1000 --rerank $(EVAL_MODES) \
+		--queries plain,transformed --out bench/results/eval_ukbench1000.json
+	$(PY) bench/render_report.py
 
 clean:
 	-$(VISEARCH) down

@@ -522,6 +522,9 @@ def run_hnsw(spec, base, queries, gt, log):
         "build_params": {"M": m_links, "efConstruction": ef_c},
     }
     mark_built()
+    if p.get("save"):  # reused by the interleaved run (--interleave-hnsw)
+        faiss.write_index(index, p["save"])
+        log(f"  HNSW written to {p['save']}")
     points, recalls = [], []
     for ef in spec["hnsw_ef"]:
         index.hnsw.efSearch = ef
@@ -643,6 +646,10 @@ def run_interleaved(spec, base, queries, gt, log):
     log(f"faiss {key} built in {ivf_s:.0f} s")
     ivf = faiss.extract_index_ivf(ivf_index)
     refine = faiss.downcast_index(ivf_index)
+    hnsw = faiss.read_index(p["hnsw_index"]) if p.get("hnsw_index") else None
+    if hnsw is not None:
+        assert hnsw.ntotal == n, f"{p['hnsw_index']} holds {hnsw.ntotal} vectors, not {n}"
+        log(f"faiss HNSW read from {p['hnsw_index']} (built by the 'hnsw' method)")
     mark_built()
     build = {
         "build_s": round(scann_s + ivf_s, 2),
@@ -695,6 +702,13 @@ def run_interleaved(spec, base, queries, gt, log):
 
         return f
 
+    def hnsw_fn(ef):
+        def f(q, t):
+            hnsw.hnsw.efSearch = ef
+            return hnsw.search(q, k)[1]
+
+        return f
+
     entries = [("numpy_blocked brute force", {}, brute, spec["bf_queries"])]
     entries += [
         (
@@ -709,6 +723,11 @@ def run_interleaved(spec, base, queries, gt, log):
         (f"faiss {key}", {"nprobe": npb, "k_factor": kf}, ivf_fn(npb, kf), len(queries))
         for npb, kf in p["ivf_points"]
     ]
+    if hnsw is not None:
+        entries += [
+            ("faiss HNSW M=32,efC=200", {"efSearch": ef}, hnsw_fn(ef), len(queries))
+            for ef in p.get("hnsw_points", [])
+        ]
     runs: dict = {}
     for rnd in range(p["rounds"]):
         for t in sorted({threads, 1}, reverse=True):
@@ -1223,7 +1242,7 @@ def interleaved_table(res: dict, inter: list[dict]) -> list[str]:
     rounds = len(r["points"][0]["qps_runs"]) if r["points"] else 0
     lines = [
         "",
-        f"**Head-to-head, interleaved** (one process holds all three indexes and "
+        f"**Head-to-head, interleaved** (one process holds all the indexes and "
         f"measures them in {rounds} alternating rounds, at {res['config']['threads']} "
         "threads and at 1 thread, so the other processes' load falls on all alike; "
         "QPS = median over the rounds, best in brackets; brute force = numpy_blocked "
@@ -1313,7 +1332,8 @@ def markdown_section(files: list[Path]) -> str:
             else ""
         )
         lines += [
-            f"### {cfg['dims']}-d, N = {cfg['n']:,}{sub}: {cfg['data']}",
+            f"### {cfg['dims']}-d, N = {cfg['n']:,}{sub}: {cfg['data']}"
+            + ("" if path.stem == f"ann_recall_{cfg['name']}" else f" (`{path.name}`)"),
             "",
             f"{res['machine']['cpu']}, {res['machine']['cpus']} cores, "
             f"{cfg['threads']} threads for every method, {cfg['nq']} queries, "
@@ -1501,7 +1521,14 @@ def main() -> None:
         default="1:5,2:5,3:5,4:5,2:10,4:10,8:10",
         help="nprobe:k_factor points for method 'interleaved'",
     )
+    ap.add_argument(
+        "--interleave-hnsw",
+        default="",
+        help="a faiss HNSW index file (from --hnsw-save) to add to method 'interleaved'",
+    )
+    ap.add_argument("--interleave-hnsw-ef", default="16,24,32,48,64")
     ap.add_argument("--hnsw-n", type=int, default=0, help="build HNSW on the first N only")
+    ap.add_argument("--hnsw-save", default="", help="write the built HNSW index to this file")
     ap.add_argument(
         "--subset",
         type=int,
@@ -1614,6 +1641,8 @@ def main() -> None:
                 "ivf_points": [
                     tuple(map(int, x.split(":"))) for x in args.interleave_ivf.split(",")
                 ],
+                "hnsw_index": args.interleave_hnsw,
+                "hnsw_points": [int(x) for x in args.interleave_hnsw_ef.split(",")],
             }
             results.append(
                 run_worker(
@@ -1640,7 +1669,7 @@ def main() -> None:
                     "faiss HNSW M=32,efC=200",
                     args,
                     data,
-                    {"M": 32, "efConstruction": 200},
+                    {"M": 32, "efConstruction": 200, "save": args.hnsw_save},
                     n_subset=n_sub,
                     log=log,
                 )

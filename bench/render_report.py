@@ -8,6 +8,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from local_features_report import local_features_section
+from report_index import index_sections
+from triplet_report import (
+    triplet_flowers_section,
+    triplet_timing_section,
+    triplet_ukbench_section,
+)
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 
@@ -101,23 +109,165 @@ def verify_section(report: dict) -> list[str]:
     return lines
 
 
+def eval_section(name: str, report: dict) -> list[str]:
+    """One `visearch eval` report (bench/results/eval_*.json)."""
+    ingest = ", ".join(
+        f"{kind} {rate} images/s" if rate is not None else f"{kind} reused"
+        for kind, rate in report["ingest_images_per_s"].items()
+    )
+    lines = [
+        f"## `visearch eval` on {Path(report['dataset']).name} ({name})",
+        "",
+        f"{report['images']} gallery images, {report['labels']} labels, protocol "
+        f"`{report['protocol']}`, k = {report['k']}, {report['client_workers']} concurrent "
+        f"clients (latency is per search under that load); local stack with 2 shards, "
+        f"{report['machine']['cpus']} cores shared with other work, load average before/after "
+        f"{report['load_average_before']} / {report['load_average_after']}. Ingest: {ingest}. "
+        "`plain`: the gallery images as queries (each dropped from its own ranking for mAP and "
+        "P@1; texture mode does not train on the query's own copy). `transformed`: each query "
+        "rotated 0-360 deg, scaled 0.5-1.5x, cropped to 60-90 %, JPEG quality 30-70 "
+        f"(`visearch/transforms.py`, seed {report['transform_seed']}), gallery untouched."
+        + (f" Note: {report['note']}" if report.get("note") else ""),
+        "",
+        "| queries | mode | N-S | mAP | P@1 | p50 ms | p95 ms | mean stage ms | texture vote |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for run in report["runs"]:
+        stages = ", ".join(f"{k} {v:.0f}" for k, v in run["mean_stage_ms"].items() if v)
+        texture = run.get("texture")
+        vote = (
+            f"{texture['vote_rate']:.0%} voted, {texture['vote_accuracy']:.0%} right"
+            if texture
+            else ""
+        )
+        lines.append(
+            f"| {run['queries']} | {run['mode']} | {run['ns_score']:.3f} | {run['map']:.4f} "
+            f"| {run['p_at_1']:.3f} | {run['latency_ms']['p50']:.0f} "
+            f"| {run['latency_ms']['p95']:.0f} | {stages} | {vote} |"
+        )
+    return lines + [""]
+
+
+def binary_codes_section(report: dict) -> list[str]:
+    lines = [
+        "## Binary codes (`bench/binary_codes.py`)",
+        "",
+        "One bit per dimension (sign, or above the dimension's mean), packed in 64-bit words; "
+        "Hamming distance (numpy XOR + popcount) picks `candidates` rows, which are re-scored "
+        "exactly with float vectors read from a memory-mapped file (0 = Hamming only). "
+        "Recall@10 is against exact float inner-product search over the same vectors. "
+        f"Load average before/after {report['load_average_before']} / "
+        f"{report['load_average_after']} on {report['machine']['cpus']} cores, so times are "
+        "inflated; the float search is BLAS (may use both cores), the Hamming stage numpy "
+        "and faiss IndexBinaryFlat on one thread. The point of the codes is memory: the "
+        "numpy Hamming stage is not faster than BLAS float search here.",
+        "",
+    ]
+    for data in report["datasets"]:
+        ns = "float_ns_score" in data
+        lines += [
+            f"### {data['name']} ({data['n']} vectors x {data['dims']} dims, "
+            f"{data['queries']} queries)",
+            "",
+            f"Float32: {data['float_bytes_per_vector']} bytes/vector, exact search "
+            f"{data['float_exact_ms_per_query']} ms/query"
+            + (f", N-S {data['float_ns_score']:.3f}" if ns else "")
+            + ".",
+            "",
+            "| threshold | bytes/vector | smaller by | bits set | candidates | recall@10 "
+            + ("| N-S " if ns else "")
+            + "| ms/query |",
+            "| --- | --- | --- | --- | --- | --- " + ("| --- " if ns else "") + "| --- |",
+        ]
+        for method in data["methods"]:
+            for row in method["depths"]:
+                lines.append(
+                    f"| {method['threshold']} | {method['code_bytes_per_vector']} "
+                    f"| {method['memory_ratio']}x | {method['share_of_bits_set']} "
+                    f"| {row['candidates']} | {row['recall_at_10']:.3f} "
+                    + (f"| {row['ns_score']:.3f} " if ns else "")
+                    + f"| {row['ms_per_query']} |"
+                )
+        refs = [
+            f"{m['threshold']}: numpy {m['numpy_hamming_top200_ms_per_query']} ms"
+            + (
+                f", faiss IndexBinaryFlat {m['faiss_binary_flat_top200_ms_per_query']} ms"
+                if "faiss_binary_flat_top200_ms_per_query" in m
+                else ""
+            )
+            for m in data["methods"]
+        ]
+        lines += ["", "Hamming top-200 alone, per query: " + "; ".join(refs) + ".", ""]
+    return lines
+
+
+def embedder_providers_section(report: dict) -> list[str]:
+    machine, providers = report["machine"], report["providers"]
+    stages = report["cpu_stages_ms_p50"]
+    lines = [
+        "## Embedder on each ONNX Runtime provider (`bench/embedder_providers.py`)",
+        "",
+        f"Model `{report['model_version']}` at {report['input_size'][0]} px; machine: "
+        f"{machine['cpus']} cores, onnxruntime {machine['onnxruntime']}, load "
+        f"{machine['load_avg'][0]:.1f} ({machine['platform']}). Images/s of the session alone "
+        "(preprocessed input) by batch size; end to end = decode + preprocess + model for one "
+        "request of 32 in one thread; DELF = one image's pyramid (gallery: upright; query: 4 "
+        "rotations).",
+        "",
+        "| provider | b=1 | b=8 | b=32 | b=64 | end to end | DELF gallery ms | DELF query ms "
+        "| max abs diff vs CPU |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, entry in providers.items():
+        batches, delf = entry["batches"], entry.get("delf") or {}
+        lines.append(
+            f"| {name} | "
+            + " | ".join(f"{batches[b]['images_per_s']:.0f}" for b in ("1", "8", "32", "64"))
+            + f" | {entry['end_to_end']['images_per_s']:.0f} "
+            f"| {delf.get('gallery_upright_ms_p50', float('nan')):.0f} "
+            f"| {delf.get('query_4_rotations_ms_p50', float('nan')):.0f} "
+            f"| {entry['max_abs_diff_vs_cpu']:.1e} |"
+        )
+    speedup = report.get("speedup_cuda_over_cpu") or {}
+    if speedup:
+        lines += [
+            "",
+            "CUDA ÷ CPU in the same run: "
+            + ", ".join(f"{k} {v:.2f}×" for k, v in speedup.items())
+            + ". CPU-side stages per image (p50): "
+            + ", ".join(f"{k} {v:.1f} ms" for k, v in stages.items())
+            + ".",
+        ]
+    return [*lines, ""]
+
+
 def main() -> None:
     lines = [
         "# Benchmarks",
         "",
         "Every number here is rendered from `bench/results/*.json` by `bench/render_report.py`; "
         "rerun a benchmark, then the renderer. Machine: the 2-core, 24 GiB development/CI kind, "
-        "no GPU (this task had no GPU machine lent, so no CUDA-provider figures yet).",
+        "no GPU, unless a section names another (the embedder-provider and real-embedding "
+        "figures come from a lent 16-core machine with one NVIDIA H100).",
         "",
     ]
     for name, section in (
         ("e2e_ukbench.json", e2e_section),
         ("global_model_input_size.json", model_section),
         ("verify_speed.json", verify_section),
+        ("embedder_providers.json", embedder_providers_section),
+        ("local_features_eval_dev.json", local_features_section),
+        ("local_features_eval.json", local_features_section),
+        ("binary_codes.json", binary_codes_section),
+        ("triplet_eval_ukbench.json", triplet_ukbench_section),
+        ("triplet_eval_flowers.json", triplet_flowers_section),
+        ("triplet_eval_timing.json", triplet_timing_section),
     ):
         report = load(name)
         if report is not None:
             lines += section(report)
+    for path in sorted(RESULTS.glob("eval_*.json")):
+        lines += eval_section(path.name, json.loads(path.read_text()))
     lines += [
         "## Index",
         "",
@@ -127,6 +277,7 @@ def main() -> None:
         "1/2/4 shards: [benchmarks_index_ops.md](benchmarks_index_ops.md) (`bench/index_ops.py`).",
         "",
     ]
+    lines += index_sections(RESULTS)
     (ROOT / "docs" / "benchmarks.md").write_text("\n".join(lines))
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -16,9 +16,12 @@ from rich.table import Table
 
 from services.common.errors import VisearchError
 from services.common.index_types import IndexOverrides
-from visearch import datasets, demo, localstack
+from visearch import datasets, demo, eval_suite, localstack, transforms
+from visearch import show as show_results
 from visearch.client import SearchResult, VisearchClient
-from visearch.jobs import evaluate, ingest_entries, search_entries
+from visearch.jobs import ingest_entries, search_entries
+from visearch.reshard_cli import reshard as reshard_command
+from visearch.training_cli import train as train_command
 
 app = typer.Typer(help="visearch: visual instance search over gRPC.", no_args_is_help=True)
 console = Console(stderr=True)
@@ -31,7 +34,7 @@ Gateway = Annotated[
     str, typer.Option("--gateway", envvar="VISEARCH_GATEWAY", help="Gateway host:port.")
 ]
 Collection = Annotated[str, typer.Option("--collection", "-c", help="Collection name.")]
-RERANK_HELP = "Re-rank mode: none or geometric (default: the collection's)."
+RERANK_HELP = "Re-rank mode: none, geometric or texture (default: the collection's)."
 
 
 def _gateway(gateway: str, state_dir: Path) -> str:
@@ -65,10 +68,13 @@ def _fail(exc: VisearchError) -> None:
 @app.command()
 def up(
     state_dir: StateDir = localstack.DEFAULT_STATE_DIR,
-    shards: Annotated[int, typer.Option(help="Indexer shards.")] = 2,
+    shards: Annotated[int, typer.Option(help="Indexer shards of new collections.")] = 2,
     models: Annotated[Path, typer.Option(help="Folder of built models.")] = (
         localstack.DEFAULT_MODELS_DIR
     ),
+    indexers: Annotated[
+        int, typer.Option(help="Indexer processes, >= --shards (spares to reshard onto).")
+    ] = 0,
 ) -> None:
     """Start Valkey, SeaweedFS S3 and the services; return when all are SERVING."""
     current = localstack.status(state_dir)
@@ -79,7 +85,7 @@ def up(
         localstack.down(state_dir)
     started = time.perf_counter()
     try:
-        state = localstack.up(state_dir, shards, models)
+        state = localstack.up(state_dir, shards, models, indexers=indexers)
     except localstack.StackError as exc:
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(1) from exc
@@ -171,6 +177,10 @@ def _result_json(query: str, result: SearchResult) -> str:
                     "score": round(h.score, 6),
                     "global_score": round(h.global_score, 6),
                     "inliers": h.inliers,
+                    "matches": h.matches,
+                    "inlier_ratio": round(h.inlier_ratio, 4),
+                    "predicted_label": h.predicted_label,
+                    "label_margin": round(h.label_margin, 4),
                     "reason": h.reason,
                     "attributes": h.attributes,
                 }
@@ -213,6 +223,10 @@ def search(
         list[str] | None, typer.Option(help="Only results with attribute KEY=VALUE (repeatable).")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per query.")] = False,
+    show: Annotated[
+        Path | None,
+        typer.Option(help="Draw the query, its top results and their inlier matches to a PNG."),
+    ] = None,
     gateway: Gateway = "",
     state_dir: StateDir = localstack.DEFAULT_STATE_DIR,
 ) -> None:
@@ -226,6 +240,9 @@ def search(
         attributes[key] = value
     if (image is None) == (manifest is None):
         console.print("[red]Give an IMAGE or --manifest, not both.[/]")
+        raise typer.Exit(2)
+    if show is not None and image is None:
+        console.print("[red]--show draws one query: give an IMAGE.[/]")
         raise typer.Exit(2)
     entries = (
         datasets.from_manifest(manifest)
@@ -244,7 +261,10 @@ def search(
                 label=label,
                 attributes=attributes,
                 progress=lambda n: progress.advance(task, n),
+                return_matches=show is not None,
             )
+            if show is not None:
+                _show(client, collection, entries[0].path.read_bytes(), results[0].result, show)
         except VisearchError as exc:
             _fail(exc)
     for r in results:
@@ -252,6 +272,15 @@ def search(
             sys.stdout.write(_result_json(r.query, r.result) + "\n")
         else:
             _print_table(r.query, r.result)
+
+
+def _show(
+    client: VisearchClient, collection: str, query: bytes, result: SearchResult, path: Path
+) -> None:
+    hits = result.hits[: show_results.MAX_RESULTS]
+    images = {hit.id: client.get_image(collection, hit.id) for hit in hits}
+    show_results.write_png(path, show_results.render(query, hits, images))
+    console.print(f"drew the query and {len(hits)} results to {path}")
 
 
 @app.command()
@@ -295,6 +324,9 @@ def create_collection(
     num_leaves: Annotated[int, typer.Option(help="ScaNN leaves (0 = auto).")] = 0,
     leaves_to_search: Annotated[int, typer.Option(help="ScaNN leaves searched (0 = auto).")] = 0,
     reorder: Annotated[int, typer.Option(help="ScaNN exact re-order depth (0 = auto).")] = 0,
+    local_features: Annotated[
+        str, typer.Option(help="Local features for geometric re-rank: rootsift or delf.")
+    ] = "",
     gateway: Gateway = "",
     state_dir: StateDir = localstack.DEFAULT_STATE_DIR,
 ) -> None:
@@ -303,7 +335,11 @@ def create_collection(
     with VisearchClient(_gateway(gateway, state_dir)) as client:
         try:
             info = client.create_collection(
-                collection, default_rerank=rerank, rerank_depth=rerank_depth, index=index
+                collection,
+                default_rerank=rerank,
+                rerank_depth=rerank_depth,
+                index=index,
+                local_feature_type=local_features,
             )
         except VisearchError as exc:
             _fail(exc)
@@ -325,74 +361,138 @@ def stats(
     out.print(report)
 
 
+@app.command()
+def reembed(
+    collection: Collection,
+    model: Annotated[str, typer.Option("--model", help="Registered model version to switch to.")],
+    batch_size: Annotated[int, typer.Option(help="Images per embedder call / checkpoint.")] = 32,
+    max_rate: Annotated[
+        float, typer.Option(help="Images per second at most (0 = unlimited).")
+    ] = 0.0,
+    drop_grace: Annotated[
+        float, typer.Option(help="Seconds before the old generation is dropped (-1 = default).")
+    ] = -1.0,
+    gateway: Gateway = "",
+    state_dir: StateDir = localstack.DEFAULT_STATE_DIR,
+) -> None:
+    """Re-embed a collection with another model version, then switch to it in one step.
+
+    Searches keep using the old version until the switch; run it again to resume after a crash.
+    """
+    with VisearchClient(_gateway(gateway, state_dir)) as client, _progress() as progress:
+        task = progress.add_task(f"re-embed {collection} -> {model}", total=None)
+        try:
+            for step in client.reembed(
+                collection,
+                model,
+                batch_size=batch_size,
+                max_images_per_second=max_rate,
+                drop_grace_s=drop_grace,
+            ):
+                progress.update(task, total=step.total, completed=step.done)
+                if step.phase in ("started", "resumed", "switched", "done", "noop"):
+                    console.print(
+                        f"{step.phase}: {collection} {step.previous_model_version} -> "
+                        f"{step.model_version} (generation {step.generation}, "
+                        f"{step.done}/{step.total} images, "
+                        f"{step.batches_skipped} batches done before)"
+                    )
+        except VisearchError as exc:
+            _fail(exc)
+    out.print(f"{collection!r} now uses {model}")
+
+
 @app.command(name="eval")
 def eval_command(
     dataset_dir: Annotated[Path, typer.Argument(help="Dataset folder.")],
-    protocol: Annotated[str, typer.Option(help="Only 'ukbench' for now.")] = "ukbench",
-    rerank: Annotated[str, typer.Option(help="Comma-separated modes: none,geometric.")] = "none",
+    protocol: Annotated[
+        str, typer.Option(help="ukbench (groups of 4) or labels (groundtruth.csv filename,label).")
+    ] = "ukbench",
+    rerank: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated modes RERANK[:FEATURE_TYPE], e.g. "
+            "none,geometric:rootsift,geometric:delf,texture."
+        ),
+    ] = "none",
+    queries: Annotated[
+        str, typer.Option(help="Query sets: plain, transformed (rotated/scaled/cropped/JPEG).")
+    ] = "plain",
     limit: Annotated[int, typer.Option(help="Use only the first N images (0 = all).")] = 0,
+    per_label: Annotated[int, typer.Option(help="labels protocol: first N per label.")] = 0,
     k: Annotated[int, typer.Option(help="Results per query (mAP is over these).")] = 100,
+    workers: Annotated[int, typer.Option(help="Concurrent search clients.")] = 4,
+    seed: Annotated[int, typer.Option(help="Seed of the query transforms.")] = (
+        transforms.DEFAULT_SEED
+    ),
+    out_json: Annotated[
+        Path | None,
+        typer.Option("--out", help="Write the report here (bench/results/eval_*.json)."),
+    ] = None,
+    collection_prefix: Annotated[
+        str,
+        typer.Option(
+            help="Collections PREFIX-<feature type>; one that already holds the dataset is "
+            "reused instead of ingested again (default: fresh eval-<time>-<pid>)."
+        ),
+    ] = "",
+    note: Annotated[
+        str, typer.Option(help="Free text kept in the report (e.g. the server settings).")
+    ] = "",
     as_json: Annotated[bool, typer.Option("--json")] = False,
     gateway: Gateway = "",
     state_dir: StateDir = localstack.DEFAULT_STATE_DIR,
 ) -> None:
-    """Ingest a labelled dataset into a fresh collection; print N-S, mAP and P@1 per mode."""
-    if protocol != "ukbench":
-        console.print(f"[red]unknown protocol {protocol!r}; supported: ukbench[/]")
-        raise typer.Exit(2)
-    entries = datasets.ukbench(dataset_dir, limit)
-    labels = {e.id: e.label for e in entries}
-    collection = f"eval-{int(time.time())}-{os.getpid()}"
-    reports = []
+    """Ingest a labelled dataset into fresh collections; N-S, mAP, P@1, latency per mode."""
+    try:
+        modes = eval_suite.parse_modes(rerank)
+        query_sets = eval_suite.parse_query_sets(queries)
+        entries = eval_suite.load_entries(dataset_dir, protocol, limit, per_label)
+    except (ValueError, FileNotFoundError) as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from exc
     with VisearchClient(_gateway(gateway, state_dir), timeout_s=120) as client, _progress() as bar:
+
+        def advance(description: str, total: int) -> Callable[[int], None]:
+            task = bar.add_task(description, total=total)
+            return lambda n: bar.advance(task, n)
+
         try:
-            task = bar.add_task("ingest", total=len(entries))
-            rate = ingest_entries(
-                client, collection, entries, progress=lambda n: bar.advance(task, n)
+            report = eval_suite.run_suite(
+                client,
+                entries,
+                modes,
+                query_sets,
+                k=k,
+                workers=workers,
+                seed=seed,
+                collection_prefix=collection_prefix,
+                progress=advance,
             )
-            for mode in [m.strip() for m in rerank.split(",") if m.strip()]:
-                task = bar.add_task(f"search ({mode})", total=len(entries))
-                results = search_entries(
-                    client,
-                    collection,
-                    entries,
-                    k=k,
-                    rerank=mode,
-                    progress=lambda n, t=task: bar.advance(t, n),
-                )
-                reports.append(evaluate(results, labels, mode))
         except VisearchError as exc:
             _fail(exc)
-    summary = {
-        "dataset": str(dataset_dir),
-        "images": len(entries),
-        "collection": collection,
-        "ingest_images_per_s": round(rate, 2),
-        "modes": {
-            r.rerank: {
-                "ns_score": round(r.scores.ns_score, 4),
-                "map": round(r.scores.map, 4),
-                "p_at_1": round(r.scores.p_at_1, 4),
-                "latency_ms": r.latency_ms,
-            }
-            for r in reports
-        },
-    }
+    report = {"dataset": str(dataset_dir), "protocol": protocol, "note": note, **report}
+    if out_json is not None:
+        out_json.parent.mkdir(parents=True, exist_ok=True)
+        out_json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     if as_json:
-        sys.stdout.write(json.dumps(summary) + "\n")
+        sys.stdout.write(json.dumps(report) + "\n")
         return
-    table = Table("rerank", "N-S", "mAP", "P@1", "p50 ms", "p95 ms", title=str(dataset_dir))
-    for r in reports:
+    table = Table(
+        "queries", "mode", "N-S", "mAP", "P@1", "p50 ms", "p95 ms", title=str(dataset_dir)
+    )
+    for run in report["runs"]:  # type: ignore[union-attr]
         table.add_row(
-            r.rerank,
-            f"{r.scores.ns_score:.3f}",
-            f"{r.scores.map:.3f}",
-            f"{r.scores.p_at_1:.3f}",
-            f"{r.latency_ms['p50']:.0f}",
-            f"{r.latency_ms['p95']:.0f}",
+            run["queries"],
+            run["mode"],
+            f"{run['ns_score']:.3f}",
+            f"{run['map']:.3f}",
+            f"{run['p_at_1']:.3f}",
+            f"{run['latency_ms']['p50']:.0f}",
+            f"{run['latency_ms']['p95']:.0f}",
         )
     out.print(table)
-    out.print(f"ingest: {rate:.1f} images/s")
+    out.print(f"ingest images/s: {report['ingest_images_per_s']}")
 
 
 @app.command(name="demo")
@@ -426,6 +526,10 @@ def demo_command(
         console.print(f"[red]the original {expected} was not the top result[/]")
         raise typer.Exit(1)
     out.print(f"[green]found the original ({expected}) first[/]. Stop the stack: visearch down")
+
+
+app.command(name="train")(train_command)
+app.command(name="reshard")(reshard_command)
 
 
 if __name__ == "__main__":

@@ -12,8 +12,12 @@ idempotent by id, so it is retried too.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
+
+import grpc
+import numpy as np
 
 from services.common.config import DEFAULT_MAX_IMAGE_BYTES, GRPC_MESSAGE_OVERHEAD_BYTES
 from services.common.errors import (  # noqa: F401 - re-exported for callers
@@ -24,7 +28,7 @@ from services.common.errors import (  # noqa: F401 - re-exported for callers
     UnavailableError,
     VisearchError,
 )
-from services.common.grpc_client import call, make_channel
+from services.common.grpc_client import call, error_from_rpc, make_channel
 from services.common.index_types import NO_OVERRIDES, IndexOverrides
 from services.common.proto_convert import (
     RERANK_MODE_NAMES,
@@ -51,8 +55,12 @@ class IngestResult:
     replaced: bool
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Hit:
+    """One result. Geometric evidence: inliers, matches, inlier_ratio (and, when asked for
+    with return_matches, inlier_keypoints: float32 [n, 4] rows of query x, y, hit x, y in
+    original pixels). Texture evidence: predicted_label and its SVC label_margin."""
+
     id: str
     score: float
     label: str
@@ -61,6 +69,11 @@ class Hit:
     inliers: int
     reason: str
     sha256: str
+    matches: int = 0
+    inlier_ratio: float = 0.0
+    predicted_label: str = ""
+    label_margin: float = 0.0
+    inlier_keypoints: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -96,6 +109,61 @@ class CollectionInfo:
     num_leaves: int = 0
     leaves_to_search: int = 0
     reorder: int = 0
+    # Re-embedding: the vectors' generation, and the version a running re-embed targets.
+    generation: int = 0
+    pending_model_version: str = ""
+    # > 0 while a reshard to this many shards runs.
+    target_shards: int = 0
+
+
+@dataclass(frozen=True)
+class ReembedProgress:
+    """One step of `VisearchClient.reembed` (phases: started, resumed, embedding,
+    switched, done, noop)."""
+
+    collection: str
+    model_version: str
+    previous_model_version: str
+    phase: str
+    generation: int
+    total: int
+    done: int
+    batches_total: int
+    batches_done: int
+    batches_skipped: int
+
+
+@dataclass(frozen=True)
+class ReshardProgress:
+    """A reshard's state (phase: none, copying, cleaning, done, failed)."""
+
+    collection: str
+    from_shards: int
+    to_shards: int
+    phase: str
+    running: bool
+    scanned: int
+    total: int
+    copied: int
+    skipped: int
+    removed: int
+    error: str
+
+
+def _reshard(message: gateway_pb2.ReshardStatus) -> ReshardProgress:
+    return ReshardProgress(
+        message.collection,
+        message.from_shards,
+        message.to_shards,
+        message.phase,
+        message.running,
+        message.scanned,
+        message.total,
+        message.copied,
+        message.skipped,
+        message.removed,
+        message.error,
+    )
 
 
 @dataclass(frozen=True)
@@ -129,7 +197,17 @@ def _collection(message: gateway_pb2.Collection) -> CollectionInfo:
         num_leaves=message.index_params.num_leaves,
         leaves_to_search=message.index_params.leaves_to_search,
         reorder=message.index_params.reorder,
+        generation=message.generation,
+        pending_model_version=message.pending_model_version,
+        target_shards=message.target_shards,
     )
+
+
+def _keypoints(data: bytes) -> np.ndarray | None:
+    """Little-endian float32 [n, 4] rows, or None when the server sent none."""
+    if not data:
+        return None
+    return np.frombuffer(data, dtype="<f4").reshape(-1, 4).astype(np.float32)
 
 
 class VisearchClient:
@@ -226,15 +304,17 @@ class VisearchClient:
         require_complete: bool = False,
         label: str = "",
         attributes: dict[str, str] | None = None,
+        return_matches: bool = False,
         timeout_s: float | None = None,
     ) -> SearchResult:
-        """rerank: "" (collection default), "none" or "geometric".
+        """rerank: "" (collection default), "none", "geometric" or "texture".
 
         label / attributes: search only items with that label and all those attributes.
+        return_matches: with geometric re-rank, fill each hit's inlier_keypoints.
         """
         if rerank not in RERANK_MODES_BY_NAME:
             raise InvalidArgumentError(
-                f"rerank must be one of none, geometric (or empty), got {rerank!r}"
+                f"rerank must be one of none, geometric, texture (or empty), got {rerank!r}"
             )
         request = gateway_pb2.SearchRequest(
             collection=collection,
@@ -243,6 +323,7 @@ class VisearchClient:
             rerank=RERANK_MODES_BY_NAME[rerank],
             require_complete=require_complete,
             filter=common_pb2.Filter(label=label, attributes=attributes or {}),
+            return_matches=return_matches,
         )
         response: gateway_pb2.SearchResponse = self._call(self._stub.Search, request, timeout_s)  # type: ignore[assignment]
         return SearchResult(
@@ -256,6 +337,11 @@ class VisearchClient:
                     inliers=h.inliers,
                     reason=h.reason,
                     sha256=h.sha256,
+                    matches=h.matches,
+                    inlier_ratio=h.inlier_ratio,
+                    predicted_label=h.predicted_label,
+                    label_margin=h.label_margin,
+                    inlier_keypoints=_keypoints(h.inlier_keypoints),
                 )
                 for h in response.hits
             ],
@@ -279,6 +365,66 @@ class VisearchClient:
         return ImageRecord(
             r.id, r.sha256, r.label, dict(r.attributes), r.model_version, r.shard, r.ingested_at
         )
+
+    def get_image(self, collection: str, image_id: str, *, timeout_s: float | None = None) -> bytes:
+        """The original bytes of an ingested image."""
+        request = gateway_pb2.GetRequest(collection=collection, id=image_id)
+        r: gateway_pb2.ImageData = self._call(self._stub.GetImage, request, timeout_s)  # type: ignore[assignment]
+        return r.data
+
+    def reembed(
+        self,
+        collection: str,
+        model_version: str,
+        *,
+        batch_size: int = 0,
+        max_images_per_second: float = 0.0,
+        drop_grace_s: float = -1.0,
+        timeout_s: float | None = None,
+    ) -> Iterator[ReembedProgress]:
+        """Re-embeds a collection with `model_version` and switches to it, yielding progress.
+
+        Resumable: after a crash (or closing this iterator), call it again to continue.
+        timeout_s None = no deadline (the job may run for hours).
+        """
+        request = gateway_pb2.ReembedRequest(
+            collection=collection,
+            model_version=model_version,
+            batch_size=batch_size,
+            max_images_per_second=max_images_per_second,
+            drop_grace_seconds=drop_grace_s,
+        )
+        stream = self._stub.Reembed(request, timeout=timeout_s)
+        try:
+            for p in stream:
+                yield ReembedProgress(
+                    p.collection,
+                    p.model_version,
+                    p.previous_model_version,
+                    p.phase,
+                    p.generation,
+                    p.total,
+                    p.done,
+                    p.batches_total,
+                    p.batches_done,
+                    p.batches_skipped,
+                )
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, "") from exc
+        finally:
+            stream.cancel()
+
+    def reshard(
+        self, collection: str, shards: int, *, timeout_s: float | None = None
+    ) -> ReshardProgress:
+        """Starts (or resumes) moving the collection to `shards` shards; returns at once.
+        Poll `reshard_status` until its phase is done (or failed: call this again)."""
+        request = gateway_pb2.ReshardRequest(collection=collection, shards=shards)
+        return _reshard(self._call(self._stub.Reshard, request, timeout_s))  # type: ignore[arg-type]
+
+    def reshard_status(self, collection: str, *, timeout_s: float | None = None) -> ReshardProgress:
+        request = gateway_pb2.GetReshardStatusRequest(collection=collection)
+        return _reshard(self._call(self._stub.GetReshardStatus, request, timeout_s))  # type: ignore[arg-type]
 
     def stats(self, collection: str, *, timeout_s: float | None = None) -> Stats:
         request = gateway_pb2.StatsRequest(collection=collection)

@@ -56,6 +56,31 @@ def from_manifest(manifest: Path) -> list[ImageEntry]:
     return entries
 
 
+def labelled(dataset_dir: Path, per_label: int = 0) -> list[ImageEntry]:
+    """images/<path> with groundtruth.csv (filename,label or filename,group), e.g. flowers5.
+
+    id = the file's path below images/ without suffix ("/" -> "_"); per_label > 0 keeps the
+    first that many images of each label (in file order), for a balanced subset.
+    """
+    ground_truth = dataset_dir / "groundtruth.csv"
+    if not ground_truth.exists():
+        raise FileNotFoundError(f"{ground_truth} not found: expected filename,label rows")
+    with ground_truth.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    taken: dict[str, int] = {}
+    entries = []
+    for row in rows:
+        label = row.get("label") or row.get("group") or ""
+        if per_label and taken.get(label, 0) >= per_label:
+            continue
+        taken[label] = taken.get(label, 0) + 1
+        name = str(Path(row["filename"]).with_suffix(""))
+        entries.append(
+            ImageEntry(_id_from_name(name), dataset_dir / "images" / row["filename"], label)
+        )
+    return entries
+
+
 def ukbench(dataset_dir: Path, limit: int = 0) -> list[ImageEntry]:
     """UKBench: images/<name>.jpg and groundtruth.csv (filename,group)."""
     ground_truth = dataset_dir / "groundtruth.csv"

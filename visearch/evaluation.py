@@ -16,19 +16,23 @@ class RetrievalScores:
     queries: int
 
 
-def score_rankings(rankings: dict[str, list[str]], labels: dict[str, str]) -> RetrievalScores:
+def score_rankings(
+    rankings: dict[str, list[str]], labels: dict[str, str], query_in_gallery: bool = True
+) -> RetrievalScores:
     """rankings: query id -> result ids best first (the query itself may appear).
 
     N-S: how many of the query's group (itself included) are in the top 4, averaged.
     mAP and P@1 drop the query from its own ranking; relevant = same label.
+    query_in_gallery=False: the query is a transformed copy of the gallery item with its id;
+    that item is then a relevant result like the rest of its group, not dropped.
     """
     group_sizes = Counter(labels.values())
     ns, average_precisions, p1 = [], [], []
     for query, ranked in rankings.items():
         label = labels[query]
         ns.append(sum(1 for r in ranked[:4] if labels.get(r) == label))
-        others = [r for r in ranked if r != query]
-        relevant_total = group_sizes[label] - 1
+        others = [r for r in ranked if r != query] if query_in_gallery else list(ranked)
+        relevant_total = group_sizes[label] - (1 if query_in_gallery else 0)
         if relevant_total <= 0:
             continue
         hits, precision_sum = 0, 0.0

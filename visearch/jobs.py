@@ -63,6 +63,7 @@ def search_entries(
     workers: int = 4,
     progress: Progress | None = None,
     image_bytes: Callable[[ImageEntry], bytes] | None = None,
+    return_matches: bool = False,
 ) -> list[QueryResult]:
     """Searches every entry concurrently, in input order."""
     read = image_bytes or (lambda entry: entry.path.read_bytes())
@@ -71,7 +72,13 @@ def search_entries(
         data = read(entry)
         t0 = time.perf_counter()
         result = client.search(
-            collection, data, k=k, rerank=rerank, label=label, attributes=attributes
+            collection,
+            data,
+            k=k,
+            rerank=rerank,
+            label=label,
+            attributes=attributes,
+            return_matches=return_matches,
         )
         return QueryResult(entry.id, result, (time.perf_counter() - t0) * 1000.0)
 
@@ -91,10 +98,13 @@ class EvalReport:
     latency_ms: dict[str, float]
 
 
-def evaluate(results: list[QueryResult], labels: dict[str, str], rerank: str) -> EvalReport:
+def evaluate(
+    results: list[QueryResult], labels: dict[str, str], rerank: str, query_in_gallery: bool = True
+) -> EvalReport:
+    """query_in_gallery=False for transformed query copies (see score_rankings)."""
     rankings = {r.query: [hit.id for hit in r.result.hits] for r in results}
     return EvalReport(
         rerank=rerank,
-        scores=score_rankings(rankings, labels),
+        scores=score_rankings(rankings, labels, query_in_gallery),
         latency_ms=percentiles_ms([r.latency_ms for r in results]),
     )

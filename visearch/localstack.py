@@ -72,6 +72,8 @@ class StackState:
     s3_endpoint: str
     model_version: str
     processes: list[ProcessInfo] = field(default_factory=list)
+    # Indexer processes (>= shards: the spare ones let collections be resharded up).
+    indexers: int = 0
 
     def save(self) -> None:
         path = Path(self.state_dir) / STATE_FILE
@@ -133,6 +135,15 @@ def find_model_dir(models_dir: Path) -> Path:
             f"{models_dir}` (make models) first"
         )
     return manifests[-1].parent
+
+
+def publish_local_model(store: S3ObjectStore, models_dir: Path) -> dict[str, str]:
+    """Publishes the newest DELF-style local model (if built); the embedder's env for it."""
+    manifests = sorted((models_dir / "local").glob("*/manifest.json"))
+    if not manifests:
+        return {}  # the embedder then serves RootSIFT only
+    local = publish(store, "models", manifests[-1].parent)
+    return {"VISEARCH_LOCAL_MODEL_VERSION": local.version}
 
 
 class Launcher:
@@ -297,14 +308,20 @@ def up(
     models_dir: Path = DEFAULT_MODELS_DIR,
     timeout_s: float = 180.0,
     exact_threshold: int = 20_000,
+    indexers: int = 0,
 ) -> StackState:
-    """Starts the whole stack and returns once every service reports SERVING."""
+    """Starts the whole stack and returns once every service reports SERVING.
+
+    indexers: indexer processes to start (0 = `shards`); new collections get `shards`
+    shards, and `visearch reshard` can move them onto the spare ones.
+    """
     state_dir = state_dir.resolve()
     existing = StackState.load(state_dir)
     if existing is not None and any(pid_alive(p.pid) for p in existing.processes):
         raise StackError(f"a stack is already running from {state_dir}; `visearch down` first")
     if shards < 1:
         raise StackError("--shards must be at least 1")
+    indexers = max(indexers, shards)
     model_dir = find_model_dir(models_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     launcher = Launcher(state_dir)
@@ -312,6 +329,7 @@ def up(
         redis_url, s3_endpoint = start_storage(launcher, timeout_s)
         store = S3ObjectStore(s3_endpoint, S3_ACCESS_KEY, S3_SECRET_KEY)
         manifest = publish(store, "models", model_dir)
+        local_env = publish_local_model(store, models_dir)
         common_env = {
             "VISEARCH_S3_ENDPOINT": s3_endpoint,
             "VISEARCH_S3_ACCESS_KEY": S3_ACCESS_KEY,
@@ -324,6 +342,7 @@ def up(
             {
                 **common_env,
                 "VISEARCH_MODEL_VERSION": manifest.version,
+                **local_env,
                 "VISEARCH_MODEL_CACHE": str(state_dir / "model-cache"),
             },
         )
@@ -337,7 +356,7 @@ def up(
                     "VISEARCH_EXACT_THRESHOLD": str(exact_threshold),
                 },
             )
-            for i in range(shards)
+            for i in range(indexers)
         ]
         verifier = launcher.spawn_service("verifier", "services.verifier.main", common_env)
         for info in [embedder, *shard_infos, verifier]:
@@ -349,6 +368,7 @@ def up(
                 **common_env,
                 "VISEARCH_EMBEDDER_ADDR": embedder.address,
                 "VISEARCH_SHARD_ADDRS": ",".join(info.address for info in shard_infos),
+                "VISEARCH_DEFAULT_SHARDS": str(shards),
                 "VISEARCH_VERIFIER_ADDR": verifier.address,
             },
         )
@@ -366,9 +386,50 @@ def up(
         s3_endpoint=s3_endpoint,
         model_version=manifest.version,
         processes=launcher.processes,
+        indexers=indexers,
     )
     state.save()
     return state
+
+
+def scale_indexers(state_dir: Path, indexers: int, timeout_s: float = 120.0) -> StackState:
+    """Starts indexers up to `indexers` in a running stack, then restarts the gateway on its
+    port with all of them in VISEARCH_SHARD_ADDRS (the gateway is down for a few seconds;
+    collections keep their shard counts). Never stops an indexer: spare ones hold nothing."""
+    state_dir = state_dir.resolve()
+    state = StackState.load(state_dir)
+    if state is None:
+        raise StackError(f"no stack in {state_dir}; `visearch up` first")
+    current = [p for p in state.processes if p.name.startswith("indexer-")]
+    current.sort(key=lambda p: int(p.name.split("-")[1]))
+    if indexers <= len(current):
+        return state
+    template = current[0]
+    launcher = Launcher(state_dir)
+    added = []
+    for i in range(len(current), indexers):
+        env = {**template.env, "VISEARCH_SHARD_ID": str(i), "VISEARCH_GRPC_PORT": "0"}
+        env["VISEARCH_METRICS_PORT"] = "0"
+        env["VISEARCH_PORT_FILE"] = str(state_dir / "run" / f"indexer-{i}.ports.json")
+        (state_dir / "run" / f"indexer-{i}.ports.json").unlink(missing_ok=True)
+        added.append(launcher.spawn(f"indexer-{i}", template.argv, env))
+    try:
+        for info in added:
+            launcher.wait_ports(info, timeout_s)
+            _wait(info.name, lambda a=info.address: health_serving(a), timeout_s, info.log)
+    except BaseException:
+        stop_processes(added)
+        raise
+    gateway = next(p for p in state.processes if p.name == "gateway")
+    addresses = ",".join(p.address for p in [*current, *added])
+    gateway.env = {**gateway.env, "VISEARCH_SHARD_ADDRS": addresses}
+    gateway.env.setdefault("VISEARCH_DEFAULT_SHARDS", str(state.shards))
+    position = state.processes.index(gateway)
+    state.processes[position:position] = added  # indexers before the gateway (stop order)
+    state.indexers = indexers
+    state.save()
+    restart(state_dir, "gateway", timeout_s)
+    return StackState.load(state_dir) or state
 
 
 def stop_processes(processes: list[ProcessInfo], grace_s: float = 10.0) -> None:
@@ -443,6 +504,7 @@ def status(state_dir: Path = DEFAULT_STATE_DIR) -> dict[str, object]:
         "s3_endpoint": state.s3_endpoint,
         "model_version": state.model_version,
         "shards": state.shards,
+        "indexers": state.indexers or state.shards,
         "services": services,
     }
 

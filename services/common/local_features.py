@@ -23,6 +23,11 @@ FEATURES_BUCKET = "features"
 NPZ_FIELDS = ("feature_type", "keypoints", "scores", "descriptors", "image_size")
 KEYPOINT_DIMS = 2  # (x, y)
 COMPRESS_NPZ = False  # see the module docstring for the size/speed trade-off
+# Local feature types a collection can use; "delf" needs the embedder's DELF-style model.
+LOCAL_FEATURE_TYPES = ("rootsift", "delf")
+# A search extracts the query's features at these in-plane rotations (degrees): DELF-style
+# descriptors are not rotation invariant (RootSIFT is: one upright set).
+QUERY_ROTATIONS: dict[str, tuple[float, ...]] = {"delf": (0.0, 90.0, 180.0, 270.0)}
 
 
 @dataclass(frozen=True, eq=False)  # arrays: identity equality and hash
@@ -36,6 +41,12 @@ class LocalFeatures:
         descriptors: [n, d] float32, one row per keypoint.
         image_width: width in pixels of the original image.
         image_height: height in pixels of the original image.
+        group_sizes: empty for one set of features; otherwise the rows are consecutive groups
+            of these sizes, each extracted from the image rotated by the matching entry of
+            ``rotations`` (degrees, counter-clockwise; keypoints still in original pixels).
+            A query extracted at several rotations uses it (the verifier matches each group
+            separately and keeps the best fit); it is not stored in ``to_npz``.
+        rotations: one angle per group, or empty.
 
     Arrays are coerced to C-contiguous float32 on construction; inconsistent shapes raise
     InvalidArgumentError (features arrive over the wire and from storage).
@@ -47,6 +58,8 @@ class LocalFeatures:
     descriptors: np.ndarray
     image_width: int
     image_height: int
+    group_sizes: tuple[int, ...] = ()
+    rotations: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         keypoints = _as_float32(self.keypoints, "keypoints")
@@ -65,6 +78,9 @@ class LocalFeatures:
             raise InvalidArgumentError(
                 f"image size must be positive, got {self.image_width}x{self.image_height}"
             )
+        _check_groups(self.group_sizes, self.rotations, count)
+        object.__setattr__(self, "group_sizes", tuple(int(g) for g in self.group_sizes))
+        object.__setattr__(self, "rotations", tuple(float(r) for r in self.rotations))
         object.__setattr__(self, "keypoints", keypoints)
         object.__setattr__(self, "scores", scores)
         object.__setattr__(self, "descriptors", descriptors)
@@ -132,6 +148,17 @@ class LocalFeatures:
 def feature_key(feature_type: str, sha256: str, bucket: str = FEATURES_BUCKET) -> str:
     """Object key of an image's local features: "<bucket>/<feature_type>/<sha256>.npz"."""
     return f"{bucket}/{feature_type}/{sha256}.npz"
+
+
+def _check_groups(group_sizes: tuple[int, ...], rotations: tuple[float, ...], count: int) -> None:
+    if len(group_sizes) != len(rotations):
+        raise InvalidArgumentError(
+            f"{len(group_sizes)} feature groups but {len(rotations)} rotations"
+        )
+    if group_sizes and (min(group_sizes) < 0 or sum(group_sizes) != count):
+        raise InvalidArgumentError(
+            f"feature group sizes {list(group_sizes)} do not add up to {count} keypoints"
+        )
 
 
 def _as_float32(array: np.ndarray, name: str) -> np.ndarray:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Protocol
 
 import redis
@@ -31,6 +31,40 @@ class CollectionConfig:
     num_leaves: int = 0
     leaves_to_search: int = 0
     reorder: int = 0
+    # > 0 while a reshard to this many shards runs (services/gateway/layout.py).
+    target_shards: int = 0
+    # Model lifecycle (services/gateway/reembed.py): the shards hold the vectors under
+    # `index_name` (the name, or name@generation after a re-embed). While a re-embed runs,
+    # writes also go to the pending generation, embedded with the pending version.
+    generation: int = 0
+    pending_model_version: str = ""
+    pending_generation: int = 0
+
+    @property
+    def index_name(self) -> str:
+        """The collection's namespace on the indexer shards."""
+        return index_name(self.name, self.generation)
+
+    def pending_view(self) -> CollectionConfig | None:
+        """The config as it will be once a running re-embed switches; None when none runs."""
+        if not self.pending_model_version:
+            return None
+        return replace(
+            self,
+            model_version=self.pending_model_version,
+            generation=self.pending_generation,
+            pending_model_version="",
+            pending_generation=0,
+        )
+
+    def generation_views(self) -> list[CollectionConfig]:
+        """Every (model version, namespace) a write must reach: current, then pending."""
+        pending = self.pending_view()
+        return [self] if pending is None else [self, pending]
+
+
+def index_name(collection: str, generation: int) -> str:
+    return collection if generation == 0 else f"{collection}@{generation}"
 
 
 @dataclass(frozen=True)
@@ -51,6 +85,11 @@ class MetadataStore(Protocol):
 
     def get_collection(self, name: str) -> CollectionConfig | None: ...
 
+    def update_collection(self, expected: CollectionConfig, new: CollectionConfig) -> bool:
+        """Replaces the config with `new` only if it still equals `expected` (one atomic
+        compare-and-set); False when it changed meanwhile."""
+        ...
+
     def put_image(self, collection: str, meta: ImageMeta) -> bool:
         """Writes meta; True when it replaced an existing id."""
         ...
@@ -62,6 +101,10 @@ class MetadataStore(Protocol):
         ...
 
     def count_images(self, collection: str) -> int: ...
+
+    def list_ids(self, collection: str) -> list[str]:
+        """Every id of the collection, sorted."""
+        ...
 
 
 def _meta_to_hash(meta: ImageMeta) -> dict[str, str]:
@@ -106,6 +149,24 @@ class RedisMetadataStore:
             raise UnavailableError(f"metadata store (Redis): {exc}") from exc
         return CollectionConfig(**json.loads(raw)) if raw else None
 
+    def update_collection(self, expected: CollectionConfig, new: CollectionConfig) -> bool:
+        key = f"col:{expected.name}"
+        try:
+            with self._redis.pipeline(transaction=True) as pipe:
+                pipe.watch(key)
+                raw = pipe.get(key)
+                if not raw or CollectionConfig(**json.loads(raw)) != expected:
+                    pipe.unwatch()
+                    return False
+                pipe.multi()
+                pipe.set(key, json.dumps(asdict(new)))
+                pipe.execute()
+        except redis.WatchError:
+            return False
+        except redis.RedisError as exc:
+            raise UnavailableError(f"metadata store (Redis): {exc}") from exc
+        return True
+
     def put_image(self, collection: str, meta: ImageMeta) -> bool:
         key = f"img:{collection}:{meta.id}"
         try:
@@ -145,6 +206,12 @@ class RedisMetadataStore:
         except redis.RedisError as exc:
             raise UnavailableError(f"metadata store (Redis): {exc}") from exc
 
+    def list_ids(self, collection: str) -> list[str]:
+        try:
+            return sorted(set(self._redis.sscan_iter(f"ids:{collection}", count=1000)))
+        except redis.RedisError as exc:
+            raise UnavailableError(f"metadata store (Redis): {exc}") from exc
+
 
 class InMemoryMetadataStore:
     """For unit tests of cores."""
@@ -165,6 +232,13 @@ class InMemoryMetadataStore:
         with self._lock:
             return self._collections.get(name)
 
+    def update_collection(self, expected: CollectionConfig, new: CollectionConfig) -> bool:
+        with self._lock:
+            if self._collections.get(expected.name) != expected:
+                return False
+            self._collections[expected.name] = new
+            return True
+
     def put_image(self, collection: str, meta: ImageMeta) -> bool:
         with self._lock:
             existed = (collection, meta.id) in self._images
@@ -182,3 +256,7 @@ class InMemoryMetadataStore:
     def count_images(self, collection: str) -> int:
         with self._lock:
             return sum(1 for (name, _) in self._images if name == collection)
+
+    def list_ids(self, collection: str) -> list[str]:
+        with self._lock:
+            return sorted(image_id for (name, image_id) in self._images if name == collection)

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from services.common.errors import FailedPreconditionError, NotFoundError
+from services.common.errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+)
 from services.common.objectstore import ObjectStore
 
 MODEL_FILE = "model.onnx"
@@ -77,6 +82,17 @@ def load_local(model_dir: Path) -> tuple[ModelManifest, Path]:
     return manifest, model_path
 
 
+VERSION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$")
+
+
+def check_version(version: str) -> None:
+    if not VERSION_PATTERN.match(version):
+        raise InvalidArgumentError(
+            f"model version {version!r} must be 1-128 characters of letters, digits, "
+            "'_', '.', '+', '-' starting with a letter or digit"
+        )
+
+
 def registry_prefix(bucket: str, kind: str, version: str) -> str:
     return f"{bucket}/{kind}/{version}"
 
@@ -107,7 +123,13 @@ def fetch(
         except FailedPreconditionError:
             pass  # a torn download: fetch again
     prefix = registry_prefix(bucket, kind, version)
-    manifest_bytes = store.get(f"{prefix}/{MANIFEST_FILE}")
+    try:
+        manifest_bytes = store.get(f"{prefix}/{MANIFEST_FILE}")
+    except NotFoundError as exc:
+        raise NotFoundError(
+            f"model version {version!r} is not in the registry ({prefix}/ has no "
+            f"{MANIFEST_FILE}); publish it first"
+        ) from exc
     target.mkdir(parents=True, exist_ok=True)
     (target / MODEL_FILE).write_bytes(store.get(f"{prefix}/{MODEL_FILE}"))
     (target / MANIFEST_FILE).write_bytes(manifest_bytes)

@@ -13,6 +13,7 @@ RERANK_MODE_NAMES = {
     common_pb2.RERANK_MODE_UNSPECIFIED: "",
     common_pb2.RERANK_MODE_NONE: "none",
     common_pb2.RERANK_MODE_GEOMETRIC: "geometric",
+    common_pb2.RERANK_MODE_TEXTURE: "texture",
 }
 RERANK_MODES_BY_NAME = {name: mode for mode, name in RERANK_MODE_NAMES.items()}
 
@@ -43,6 +44,8 @@ def local_features_to_proto(features: LocalFeatures) -> common_pb2.LocalFeatures
         descriptors=np.ascontiguousarray(features.descriptors, dtype="<f4").tobytes(),
         image_width=features.image_width,
         image_height=features.image_height,
+        group_sizes=list(features.group_sizes),
+        rotations=list(features.rotations),
     )
 
 
@@ -63,6 +66,8 @@ def local_features_from_proto(message: common_pb2.LocalFeatures) -> LocalFeature
         descriptors=descriptors.astype(np.float32),
         image_width=message.image_width,
         image_height=message.image_height,
+        group_sizes=tuple(message.group_sizes),
+        rotations=tuple(message.rotations),
     )
 
 

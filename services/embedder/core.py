@@ -14,16 +14,23 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
-from services.common.errors import DeadlineExceededError, InvalidArgumentError
+from services.common.errors import (
+    DeadlineExceededError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+)
 from services.common.imaging import ImageLimits, decode_rgb
 from services.common.local_features import LocalFeatures
 from services.common.model_registry import ModelManifest
-from services.embedder.batching import MicroBatcher
+from services.embedder.delf import DelfExtractor, load_delf
+from services.embedder.model_pool import BatchObserver, ModelLoader, ModelPool
 from services.embedder.rootsift import extract_rootsift
+from services.embedder.texture import TEXTURE_TYPE, extract_texture
 
 log = logging.getLogger(__name__)
 
-LOCAL_FEATURE_TYPES = ("rootsift",)
+LOCAL_FEATURE_TYPES = ("rootsift", "delf")
+MAX_ROTATIONS = 8
 MAX_IMAGES_PER_REQUEST = 256
 
 
@@ -79,7 +86,30 @@ class GlobalModel:
         return np.asarray(output, dtype=np.float32)
 
 
+def delf_from_session(manifest: ModelManifest, session: ort.InferenceSession) -> DelfExtractor:
+    """A DELF extractor on a local model's ONNX session (outputs: features, attention)."""
+    outputs = list(manifest.raw.get("output_names", ["features", "attention"]))
+
+    def run(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        features, attention = session.run(outputs, {manifest.input_name: batch})
+        return features, attention
+
+    try:
+        return load_delf(manifest.raw, run)
+    except InvalidArgumentError as exc:
+        raise FailedPreconditionError(exc.message) from exc
+
+
+@dataclass(frozen=True)
+class Embedded:
+    vectors: np.ndarray  # float32 [n, dims], L2-normalised
+    manifest: ModelManifest  # the version that embedded them
+
+
 class EmbedderCore:
+    """Serves the default model and, with a loader, other versions on first use
+    (at most `max_sessions` in memory, least recently used evicted first)."""
+
     def __init__(
         self,
         model: GlobalModel,
@@ -87,18 +117,37 @@ class EmbedderCore:
         batching: BatchingSettings,
         max_local_features: int,
         on_batch: Callable[[int, float], None] | None = None,
+        loader: ModelLoader | None = None,
+        max_sessions: int = 3,
+        on_version_batch: BatchObserver | None = None,
+        on_load: Callable[[str, int], None] | None = None,
+        delf: DelfExtractor | None = None,
+        max_delf_features: int = 0,
     ) -> None:
         self.model = model
+        self.delf = delf  # DELF-style local model (None: "delf" requests are refused)
         self._limits = limits
         self._max_local_features = max_local_features
-        self._batcher = MicroBatcher(
-            model.run,
+        self._max_delf_features = max_delf_features or max_local_features
+
+        def observe(version: str, rows: int, queued: float) -> None:
+            if on_batch is not None:
+                on_batch(rows, queued)
+            if on_version_batch is not None:
+                on_version_batch(version, rows, queued)
+
+        self.models = ModelPool(
+            model,
+            loader,
+            max_sessions,
             batching.max_batch,
             batching.max_wait_ms / 1000.0,
-            on_batch=on_batch,
+            on_batch=observe,
+            on_load=on_load,
         )
         self._count_lock = threading.Lock()
         self.images_embedded = 0
+        self.images_by_version: dict[str, int] = {}
 
     @property
     def model_version(self) -> str:
@@ -123,23 +172,47 @@ class EmbedderCore:
                 raise type(exc)(f"image {position}: {exc.message}") from exc
         return decoded
 
+    def embedded_by_version(self) -> dict[str, int]:
+        """Images embedded per model version since start."""
+        with self._count_lock:
+            return dict(self.images_by_version)
+
     def embed_global(self, images: Sequence[bytes], timeout: float | None = None) -> np.ndarray:
-        """Encoded images -> float32 [n, dims], L2-normalised, in request order."""
+        """Encoded images -> float32 [n, dims] of the default model, L2-normalised."""
+        return self.embed_with(images, "", timeout).vectors
+
+    def embed_with(
+        self, images: Sequence[bytes], version: str, timeout: float | None = None
+    ) -> Embedded:
+        """Encoded images -> float32 [n, dims] of `version` ("" = the default), in request
+        order. An unknown version raises NotFoundError."""
         decoded = self.decode_all(images)
-        batch = np.stack([self.model.preprocess(image) for image in decoded])
-        try:
-            embeddings = self._batcher.run(batch, timeout=timeout)
-        except FutureTimeoutError as exc:
-            raise DeadlineExceededError(
-                f"embedding {len(decoded)} images did not finish within the deadline"
-            ) from exc
+        with self.models.use(version) as loaded:
+            batch = np.stack([loaded.model.preprocess(image) for image in decoded])
+            try:
+                embeddings = loaded.batcher.run(batch, timeout=timeout)
+            except FutureTimeoutError as exc:
+                raise DeadlineExceededError(
+                    f"embedding {len(decoded)} images did not finish within the deadline"
+                ) from exc
+            manifest = loaded.model.manifest
         with self._count_lock:
             self.images_embedded += len(decoded)
-        return embeddings
+            self.images_by_version[manifest.version] = self.images_by_version.get(
+                manifest.version, 0
+            ) + len(decoded)
+        return Embedded(embeddings, manifest)
 
     def extract_local(
-        self, images: Sequence[bytes], feature_type: str, max_features: int
+        self,
+        images: Sequence[bytes],
+        feature_type: str,
+        max_features: int,
+        rotations: Sequence[float] = (),
     ) -> list[LocalFeatures]:
+        """Local features per image. ``rotations`` (degrees) apply to "delf" only: features are
+        extracted at each angle and returned as groups (RootSIFT is rotation invariant and
+        ignores them)."""
         feature_type = feature_type or "rootsift"
         if feature_type not in LOCAL_FEATURE_TYPES:
             raise InvalidArgumentError(
@@ -148,8 +221,23 @@ class EmbedderCore:
             )
         if max_features < 0:
             raise InvalidArgumentError(f"max_features must be >= 0, got {max_features}")
+        if len(rotations) > MAX_ROTATIONS:
+            raise InvalidArgumentError(f"{len(rotations)} rotations; at most {MAX_ROTATIONS}")
+        if feature_type == "delf":
+            delf = self.delf
+            if delf is None:
+                raise FailedPreconditionError(
+                    "this embedder has no DELF local model: build it with `make models` and "
+                    "set VISEARCH_LOCAL_MODEL_DIR or VISEARCH_LOCAL_MODEL_VERSION"
+                )
+            limit = max_features or self._max_delf_features
+            return [delf.extract(image, limit, rotations) for image in self.decode_all(images)]
         limit = max_features or self._max_local_features
         return [extract_rootsift(image, max_features=limit) for image in self.decode_all(images)]
 
+    def extract_texture(self, images: Sequence[bytes]) -> tuple[list[np.ndarray], str]:
+        """Encoded images -> (float32 [d] LBP histogram per image, texture type name)."""
+        return [extract_texture(image) for image in self.decode_all(images)], TEXTURE_TYPE
+
     def close(self) -> None:
-        self._batcher.close()
+        self.models.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grpc
+import numpy as np
 
 from services.common.grpc_server import LoadingSlot
 from services.common.proto_convert import local_features_to_proto, vectors_to_proto
@@ -17,22 +18,34 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
     def EmbedGlobal(
         self, request: embedder_pb2.EmbedGlobalRequest, context: grpc.ServicerContext
     ) -> embedder_pb2.EmbedGlobalResponse:
-        core = self._slot.get()
-        embeddings = core.embed_global(list(request.images), timeout=context.time_remaining())
+        embedded = self._slot.get().embed_with(
+            list(request.images), request.model_version, timeout=context.time_remaining()
+        )
         return embedder_pb2.EmbedGlobalResponse(
-            embeddings=vectors_to_proto(embeddings),
-            dims=core.dims,
-            model_version=core.model_version,
+            embeddings=vectors_to_proto(embedded.vectors),
+            dims=embedded.manifest.output_dims,
+            model_version=embedded.manifest.version,
         )
 
     def ExtractLocal(
         self, request: embedder_pb2.ExtractLocalRequest, context: grpc.ServicerContext
     ) -> embedder_pb2.ExtractLocalResponse:
         features = self._slot.get().extract_local(
-            list(request.images), request.feature_type, request.max_features
+            list(request.images),
+            request.feature_type,
+            request.max_features,
+            rotations=tuple(request.rotations),
         )
         return embedder_pb2.ExtractLocalResponse(
             features=[local_features_to_proto(f) for f in features]
+        )
+
+    def ExtractTexture(
+        self, request: embedder_pb2.ExtractTextureRequest, context: grpc.ServicerContext
+    ) -> embedder_pb2.ExtractTextureResponse:
+        histograms, texture_type = self._slot.get().extract_texture(list(request.images))
+        return embedder_pb2.ExtractTextureResponse(
+            histograms=vectors_to_proto(np.stack(histograms)), texture_type=texture_type
         )
 
     def Stats(
@@ -44,4 +57,6 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
             dims=core.dims,
             providers=core.model.providers,
             images_embedded=core.images_embedded,
+            loaded_versions=core.models.loaded_versions(),
+            images_by_version=core.embedded_by_version(),
         )

@@ -24,7 +24,9 @@ from services.gateway.ports import (
     RerankOutput,
     ShardHit,
     ShardInfo,
+    TextureHistograms,
 )
+from services.gateway.reshard import ShardPage
 from visearch.v1 import (
     embedder_pb2,
     embedder_pb2_grpc,
@@ -40,25 +42,45 @@ class GrpcEmbedder:
         self.channel: grpc.Channel = make_channel(address, max_message_bytes)
         self._stub = embedder_pb2_grpc.EmbedderStub(self.channel)
 
-    def embed_global(self, images: list[bytes], timeout: float | None) -> GlobalEmbeddings:
+    def embed_global(
+        self, images: list[bytes], timeout: float | None, model_version: str = ""
+    ) -> GlobalEmbeddings:
         response = call(
             self._stub.EmbedGlobal,
-            embedder_pb2.EmbedGlobalRequest(images=images),
+            embedder_pb2.EmbedGlobalRequest(images=images, model_version=model_version),
             timeout=timeout,
             peer="embedder",
         )
         return GlobalEmbeddings(vectors_from_proto(response.embeddings), response.model_version)
 
     def extract_local(
-        self, images: list[bytes], feature_type: str, timeout: float | None
+        self,
+        images: list[bytes],
+        feature_type: str,
+        timeout: float | None,
+        rotations: tuple[float, ...] = (),
     ) -> list[LocalFeatures]:
         response = call(
             self._stub.ExtractLocal,
-            embedder_pb2.ExtractLocalRequest(images=images, feature_type=feature_type),
+            embedder_pb2.ExtractLocalRequest(
+                images=images, feature_type=feature_type, rotations=list(rotations)
+            ),
             timeout=timeout,
             peer="embedder",
         )
         return [local_features_from_proto(f) for f in response.features]
+
+    def extract_texture(self, images: list[bytes], timeout: float | None) -> TextureHistograms:
+        response = call(
+            self._stub.ExtractTexture,
+            embedder_pb2.ExtractTextureRequest(images=images),
+            timeout=timeout,
+            peer="embedder",
+        )
+        return TextureHistograms(
+            [np.asarray(h.values, dtype=np.float32) for h in response.histograms],
+            response.texture_type,
+        )
 
 
 class GrpcShard:
@@ -86,9 +108,62 @@ class GrpcShard:
         )
         call(self._stub.Upsert, request, timeout=timeout, peer=self._peer)
 
-    def delete(self, collection: str, ids: list[str], timeout: float | None) -> int:
-        request = indexer_pb2.IndexDeleteRequest(collection=collection, ids=ids)
+    def delete(
+        self, collection: str, ids: list[str], timeout: float | None, tombstone: bool = False
+    ) -> int:
+        request = indexer_pb2.IndexDeleteRequest(
+            collection=collection, ids=ids, tombstone=tombstone
+        )
         return call(self._stub.Delete, request, timeout=timeout, peer=self._peer).deleted
+
+    def copy_if_absent(
+        self,
+        collection: str,
+        ids: list[str],
+        vectors: np.ndarray,
+        metadata: list[ItemMeta],
+        overrides: IndexOverrides,
+        timeout: float | None,
+    ) -> int:
+        request = indexer_pb2.UpsertRequest(
+            collection=collection,
+            ids=ids,
+            vectors=vectors_to_proto(vectors),
+            metadata=[metadata_to_proto(m.label, m.attributes) for m in metadata],
+            params=index_params_to_proto(overrides),
+            only_if_absent=True,
+        )
+        return call(self._stub.Upsert, request, timeout=timeout, peer=self._peer).upserted
+
+    def fetch(
+        self,
+        collection: str,
+        page_token: str,
+        limit: int,
+        moved_under_shards: int,
+        ids_only: bool,
+        timeout: float | None,
+    ) -> ShardPage:
+        request = indexer_pb2.FetchRequest(
+            collection=collection,
+            page_token=page_token,
+            limit=limit,
+            moved_under_shards=moved_under_shards,
+            ids_only=ids_only,
+        )
+        response = call(self._stub.Fetch, request, timeout=timeout, peer=self._peer)
+        return ShardPage(
+            ids=list(response.ids),
+            vectors=vectors_from_proto(response.vectors),
+            metadata=[ItemMeta(m.label, dict(m.attributes)) for m in response.metadata],
+            next_page_token=response.next_page_token,
+            scanned=response.scanned,
+            size=response.size,
+        )
+
+    def clear_tombstones(self, collection: str, timeout: float | None) -> int:
+        request = indexer_pb2.ClearTombstonesRequest(collection=collection)
+        return call(self._stub.ClearTombstones, request, timeout=timeout, peer=self._peer).cleared
 
     def search(
         self,
@@ -116,6 +191,10 @@ class GrpcShard:
                 return ShardInfo(self.shard, entry.size, entry.method)
         return ShardInfo(self.shard, 0, "exact")
 
+    def drop(self, collection: str, timeout: float | None) -> int:
+        request = indexer_pb2.DropCollectionRequest(collection=collection)
+        return call(self._stub.DropCollection, request, timeout=timeout, peer=self._peer).dropped
+
 
 class GrpcVerifier:
     def __init__(self, address: str, max_message_bytes: int) -> None:
@@ -123,18 +202,62 @@ class GrpcVerifier:
         self._stub = verifier_pb2_grpc.VerifierStub(self.channel)
 
     def rerank(
-        self, query: LocalFeatures, candidates: list[RerankInput], timeout: float | None
+        self,
+        query: LocalFeatures,
+        candidates: list[RerankInput],
+        timeout: float | None,
+        return_matches: bool = False,
     ) -> list[RerankOutput]:
         request = verifier_pb2.RerankRequest(
             query=local_features_to_proto(query),
             mode=RERANK_MODES_BY_NAME["geometric"],
-            candidates=[
-                verifier_pb2.RerankCandidate(id=c.id, sha256=c.sha256, global_score=c.global_score)
-                for c in candidates
-            ],
+            candidates=_candidates_proto(candidates),
+            return_matches=return_matches,
         )
         response = call(self._stub.Rerank, request, timeout=timeout, peer="verifier")
-        return [
-            RerankOutput(c.id, c.score, c.global_score, c.inliers, c.reason)
-            for c in response.candidates
-        ]
+        return [_rerank_output(c) for c in response.candidates]
+
+    def rerank_texture(
+        self,
+        query: np.ndarray,
+        texture_type: str,
+        query_sha256: str,
+        candidates: list[RerankInput],
+        timeout: float | None,
+    ) -> list[RerankOutput]:
+        request = verifier_pb2.RerankRequest(
+            mode=RERANK_MODES_BY_NAME["texture"],
+            candidates=_candidates_proto(candidates),
+            query_texture=vectors_to_proto(query[None, :])[0],
+            texture_type=texture_type,
+            query_sha256=query_sha256,
+        )
+        response = call(self._stub.Rerank, request, timeout=timeout, peer="verifier")
+        return [_rerank_output(c) for c in response.candidates]
+
+
+def _candidates_proto(candidates: list[RerankInput]) -> list[verifier_pb2.RerankCandidate]:
+    return [
+        verifier_pb2.RerankCandidate(
+            id=c.id, sha256=c.sha256, global_score=c.global_score, label=c.label
+        )
+        for c in candidates
+    ]
+
+
+def _rerank_output(c: verifier_pb2.RerankedCandidate) -> RerankOutput:
+    keypoints = None
+    if c.inlier_keypoints:
+        keypoints = np.frombuffer(c.inlier_keypoints, dtype="<f4").reshape(-1, 4).astype(np.float32)
+    return RerankOutput(
+        c.id,
+        c.score,
+        c.global_score,
+        c.inliers,
+        c.reason,
+        matches=c.matches,
+        inlier_ratio=c.inlier_ratio,
+        predicted_label=c.predicted_label,
+        label_margin=c.label_margin,
+        inlier_keypoints=keypoints,
+    )

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections import defaultdict
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 import numpy as np
@@ -21,24 +20,36 @@ from services.common.errors import (
 )
 from services.common.imaging import sha256_hex
 from services.common.index_types import NO_OVERRIDES, IndexOverrides, ItemMeta, SearchFilter
-from services.common.local_features import LocalFeatures, feature_key
+from services.common.local_features import (
+    LOCAL_FEATURE_TYPES,
+    QUERY_ROTATIONS,
+    LocalFeatures,
+    feature_key,
+)
 from services.common.metadata import CollectionConfig, ImageMeta, MetadataStore
 from services.common.objectstore import ObjectStore
+from services.common.texture_features import histogram_to_bytes, texture_key
 from services.gateway import validation
+from services.gateway.generations import GenerationWriter
+from services.gateway.layout import Layout, check_fits
 from services.gateway.ports import (
     EmbedderPort,
     Hit,
     IngestItem,
     IngestOutcome,
     RerankInput,
+    RerankOutput,
     SearchOutcome,
     SearchQuery,
     ShardHit,
     ShardInfo,
     ShardPort,
+    TextureHistograms,
     VerifierPort,
 )
-from services.gateway.sharding import shard_of
+from services.gateway.reshard import Resharder, ReshardSettings
+from services.gateway.reshard_store import InMemoryReshardStore, ReshardStore
+from services.gateway.routing import latest_layout, upsert_routed
 from services.indexer.core import check_collection_name
 
 ResultT = TypeVar("ResultT")
@@ -55,6 +66,9 @@ class GatewaySettings:
     default_feature_type: str = "rootsift"
     # Shards get this share of the time left, so a partial answer still reaches the caller.
     shard_time_fraction: float = 0.7
+    # Shards of a new collection; 0 = every indexer (spare ones make room to reshard).
+    default_shards: int = 0
+    reshard: ReshardSettings = field(default_factory=ReshardSettings)
 
 
 @dataclass(frozen=True)
@@ -64,6 +78,7 @@ class Services:
     verifier: VerifierPort
     store: ObjectStore
     metadata: MetadataStore
+    reshard_store: ReshardStore = field(default_factory=InMemoryReshardStore)
 
 
 class Deadline:
@@ -84,6 +99,20 @@ class GatewayCore:
         self._s = services
         self._settings = settings
         self._pool = ThreadPoolExecutor(max_workers=max(8, 2 * len(services.shards) + 4))
+        self.resharder = Resharder(
+            services.shards,  # type: ignore[arg-type]  # the gRPC shards implement both ports
+            services.metadata,
+            services.reshard_store,
+            index_overrides,
+            settings.reshard,
+        )
+        self._generations = GenerationWriter(
+            self._pool, services.embedder, services.shards, services.metadata
+        )
+
+    @property
+    def services(self) -> Services:
+        return self._s
 
     @property
     def shard_count(self) -> int:
@@ -106,15 +135,18 @@ class GatewayCore:
         default_rerank = default_rerank or "none"
         validation.check_rerank_mode(default_rerank)
         feature_type = feature_type or self._settings.default_feature_type
-        if feature_type != "rootsift":
-            raise InvalidArgumentError(f"local feature type {feature_type!r} is not supported")
+        if feature_type not in LOCAL_FEATURE_TYPES:
+            raise InvalidArgumentError(
+                f"local feature type {feature_type!r} is not supported; "
+                f"use one of {', '.join(LOCAL_FEATURE_TYPES)}"
+            )
         if not 0 <= rerank_depth <= validation.MAX_K:
             raise InvalidArgumentError(f"rerank_depth must be in 0..{validation.MAX_K}")
         validation.check_index_overrides(index)
         config = CollectionConfig(
             name=name,
             model_version=self._settings.model_version,
-            shards=self.shard_count,
+            shards=min(self._settings.default_shards or self.shard_count, self.shard_count),
             default_rerank=default_rerank,
             local_feature_type=feature_type,
             rerank_depth=rerank_depth or self._settings.default_rerank_depth,
@@ -137,11 +169,7 @@ class GatewayCore:
             raise NotFoundError(
                 f"collection {name!r} does not exist; create it or ingest with create_collection"
             )
-        if config.shards != self.shard_count:
-            raise FailedPreconditionError(
-                f"collection {name!r} was created for {config.shards} shards but the cluster has "
-                f"{self.shard_count}; reshard it first"
-            )
+        check_fits(config, self.shard_count)
         return config
 
     # Ingest --------------------------------------------------------------
@@ -158,25 +186,41 @@ class GatewayCore:
             self.create_collection(collection)
         config = self.collection(collection)
         embedded_future = self._pool.submit(
-            self._s.embedder.embed_global, images, deadline.remaining()
+            self._s.embedder.embed_global, images, deadline.remaining(), config.model_version
         )
         features_future = self._pool.submit(
             self._s.embedder.extract_local, images, config.local_feature_type, deadline.remaining()
         )
+        texture_future = self._pool.submit(
+            self._s.embedder.extract_texture, images, deadline.remaining()
+        )
         embedded = _result_naming_items(embedded_future, items)
         features = _result_naming_items(features_future, items)
+        textures = _result_naming_items(texture_future, items)
         if embedded.model_version != config.model_version:
             raise FailedPreconditionError(
                 f"embedder serves {embedded.model_version} but collection {collection!r} uses "
                 f"{config.model_version}"
             )
         digests = [sha256_hex(data) for data in images]
-        self._store_blobs(images, digests, features, config.local_feature_type)
-        shards = [shard_of(item.id, config.shards) for item in items]
-        by_shard: dict[int, list[int]] = defaultdict(list)
-        for position, shard in enumerate(shards):
-            by_shard[shard].append(position)
-        self._upsert_by_shard(config, items, embedded.vectors, by_shard, deadline)
+        self._store_blobs(images, digests, features, config.local_feature_type, textures)
+        layout = upsert_routed(
+            self._pool,
+            self._s.shards,
+            self._s.metadata,
+            config,
+            [item.id for item in items],
+            embedded.vectors,
+            [ItemMeta(item.label, dict(item.attributes)) for item in items],
+            index_overrides(config),
+            deadline.remaining,
+        )
+        shards = [layout.write_shard(item.id) for item in items]
+        # A re-embed in progress gets the items too, embedded with its model version.
+        written = {config.index_name}
+        self._generations.upsert(
+            config.generation_views(), written, items, images, deadline.remaining
+        )
         # Metadata is written last: it is the commit point that makes an id visible
         # (search drops index hits without metadata).
         now = time.time()
@@ -195,6 +239,10 @@ class GatewayCore:
                 ),
             )
             outcomes.append(IngestOutcome(item.id, digests[position], shards[position], replaced))
+        # A re-embed that started or switched meanwhile (services/gateway/generations.py).
+        self._generations.upsert(
+            self._generations.latest_views(collection), written, items, images, deadline.remaining
+        )
         return outcomes
 
     def _image_bytes(self, data: bytes, object_key: str, what: str) -> bytes:
@@ -211,7 +259,12 @@ class GatewayCore:
         return data
 
     def _store_blobs(
-        self, images: list[bytes], digests: list[str], features: list[LocalFeatures], kind: str
+        self,
+        images: list[bytes],
+        digests: list[str],
+        features: list[LocalFeatures],
+        kind: str,
+        textures: TextureHistograms,
     ) -> None:
         def store_one(position: int) -> None:
             digest = digests[position]
@@ -222,31 +275,12 @@ class GatewayCore:
                 feature_key(kind, digest, self._settings.features_bucket),
                 features[position].to_npz(),
             )
+            self._s.store.put(
+                texture_key(textures.texture_type, digest, self._settings.features_bucket),
+                histogram_to_bytes(textures.histograms[position]),
+            )
 
         for future in [self._pool.submit(store_one, i) for i in range(len(images))]:
-            future.result()
-
-    def _upsert_by_shard(
-        self,
-        config: CollectionConfig,
-        items: list[IngestItem],
-        vectors: np.ndarray,
-        by_shard: dict[int, list[int]],
-        deadline: Deadline,
-    ) -> None:
-        futures = [
-            self._pool.submit(
-                self._s.shards[shard].upsert,
-                config.name,
-                [items[p].id for p in positions],
-                vectors[positions],
-                [ItemMeta(items[p].label, dict(items[p].attributes)) for p in positions],
-                index_overrides(config),
-                deadline.remaining(),
-            )
-            for shard, positions in by_shard.items()
-        ]
-        for future in futures:
             future.result()
 
     # Search --------------------------------------------------------------
@@ -265,18 +299,26 @@ class GatewayCore:
         timings: dict[str, float] = {}
 
         local_future: Future[list[LocalFeatures]] | None = None
+        texture_future: Future[TextureHistograms] | None = None
         if mode == "geometric":
             local_future = self._pool.submit(
                 self._extract_query_features, image, config.local_feature_type, deadline, timings
             )
+        elif mode == "texture":
+            texture_future = self._pool.submit(
+                self._extract_query_texture, image, deadline, timings
+            )
         t0 = time.perf_counter()
-        embedded = self._s.embedder.embed_global([image], deadline.remaining())
+        # One config read names both the model version and its namespace: never mixed.
+        embedded = self._s.embedder.embed_global(
+            [image], deadline.remaining(), config.model_version
+        )
         timings["embed"] = _ms_since(t0)
         if embedded.model_version != config.model_version:
             raise FailedPreconditionError(
                 f"embedder serves {embedded.model_version}, collection uses {config.model_version}"
             )
-        depth = max(k, config.rerank_depth) if mode == "geometric" else k
+        depth = max(k, config.rerank_depth) if mode in ("geometric", "texture") else k
         t0 = time.perf_counter()
         merged, missing = self._scatter_gather(
             config, embedded.vectors, depth, query.search_filter, deadline
@@ -298,7 +340,12 @@ class GatewayCore:
         if local_future is not None and hits:
             query_features = local_future.result(timeout=deadline.remaining())
             t0 = time.perf_counter()
-            hits = self._rerank(query_features[0], hits, deadline)
+            hits = self._rerank(query_features[0], hits, deadline, query.return_matches)
+            timings["rerank"] = _ms_since(t0)
+        if texture_future is not None and hits:
+            texture = texture_future.result(timeout=deadline.remaining())
+            t0 = time.perf_counter()
+            hits = self._rerank_texture(texture, sha256_hex(image), hits, deadline)
             timings["rerank"] = _ms_since(t0)
         timings["total"] = _ms_since(started)
         return SearchOutcome(
@@ -313,9 +360,23 @@ class GatewayCore:
         self, image: bytes, feature_type: str, deadline: Deadline, timings: dict[str, float]
     ) -> list[LocalFeatures]:
         t0 = time.perf_counter()
-        features = self._s.embedder.extract_local([image], feature_type, deadline.remaining())
+        rotations = QUERY_ROTATIONS.get(feature_type, ())
+        if rotations:  # once per search; the verifier keeps each candidate's best rotation
+            features = self._s.embedder.extract_local(
+                [image], feature_type, deadline.remaining(), rotations=rotations
+            )
+        else:
+            features = self._s.embedder.extract_local([image], feature_type, deadline.remaining())
         timings["local"] = _ms_since(t0)
         return features
+
+    def _extract_query_texture(
+        self, image: bytes, deadline: Deadline, timings: dict[str, float]
+    ) -> TextureHistograms:
+        t0 = time.perf_counter()
+        texture = self._s.embedder.extract_texture([image], deadline.remaining())
+        timings["texture"] = _ms_since(t0)
+        return texture
 
     def _scatter_gather(
         self,
@@ -325,13 +386,35 @@ class GatewayCore:
         search_filter: SearchFilter,
         deadline: Deadline,
     ) -> tuple[list[ShardHit], list[int]]:
-        """Searches every shard in parallel; exact top-`depth` merge of those that answered."""
+        """Searches the collection's shards in parallel; exact top-`depth` merge of those
+        that answered, each id once (during a reshard an id may be on two shards). Asks
+        again if the layout changed meanwhile (services/gateway/routing.py)."""
+        layout = Layout.of(config)
+        for _ in range(3):
+            merged, missing = self._search_shards(
+                config.index_name, layout, vectors, depth, search_filter, deadline
+            )
+            latest = latest_layout(self._s.metadata, config)
+            if latest == layout:
+                break
+            layout = latest
+        return merged, missing
+
+    def _search_shards(
+        self,
+        collection: str,
+        layout: Layout,
+        vectors: np.ndarray,
+        depth: int,
+        search_filter: SearchFilter,
+        deadline: Deadline,
+    ) -> tuple[list[ShardHit], list[int]]:
         remaining = deadline.remaining() * self._settings.shard_time_fraction
         futures = {
             self._pool.submit(
-                port.search, config.name, vectors, depth, search_filter, remaining
-            ): port.shard
-            for port in self._s.shards
+                self._s.shards[shard].search, collection, vectors, depth, search_filter, remaining
+            ): shard
+            for shard in layout.search_shards
         }
         done, _not_done = wait(futures, timeout=remaining)
         answered: list[ShardHit] = []
@@ -345,30 +428,35 @@ class GatewayCore:
             raise UnavailableError(
                 f"no shard answered within the deadline (shards {missing})", retryable=False
             )
-        answered.sort(key=lambda hit: (-hit.score, hit.id))
-        return answered[:depth], sorted(missing)
+        best: dict[str, ShardHit] = {}
+        for hit in answered:
+            if hit.id not in best or hit.score > best[hit.id].score:
+                best[hit.id] = hit
+        ranked = sorted(best.values(), key=lambda hit: (-hit.score, hit.id))
+        return ranked[:depth], sorted(missing)
 
-    def _rerank(self, query: LocalFeatures, hits: list[Hit], deadline: Deadline) -> list[Hit]:
-        by_id = {hit.id: hit for hit in hits}
+    def _rerank(
+        self, query: LocalFeatures, hits: list[Hit], deadline: Deadline, return_matches: bool
+    ) -> list[Hit]:
         reranked = self._s.verifier.rerank(
             query,
             [RerankInput(hit.id, hit.sha256, hit.global_score) for hit in hits],
             deadline.remaining(),
+            return_matches=return_matches,
         )
-        return [
-            Hit(
-                id=r.id,
-                score=r.score,
-                label=by_id[r.id].label,
-                attributes=by_id[r.id].attributes,
-                global_score=r.global_score,
-                inliers=r.inliers,
-                reason=r.reason,
-                sha256=by_id[r.id].sha256,
-            )
-            for r in reranked
-            if r.id in by_id
-        ]
+        return _reranked_hits(hits, reranked)
+
+    def _rerank_texture(
+        self, texture: TextureHistograms, query_sha256: str, hits: list[Hit], deadline: Deadline
+    ) -> list[Hit]:
+        reranked = self._s.verifier.rerank_texture(
+            texture.histograms[0],
+            texture.texture_type,
+            query_sha256,
+            [RerankInput(hit.id, hit.sha256, hit.global_score, hit.label) for hit in hits],
+            deadline.remaining(),
+        )
+        return _reranked_hits(hits, reranked)
 
     # Delete / get / stats --------------------------------------------------
 
@@ -380,33 +468,40 @@ class GatewayCore:
         config = self.collection(collection)
         validation.check_ids(ids, validation.MAX_IDS_PER_DELETE)
         not_found = [i for i in ids if not self._s.metadata.delete_image(collection, i)]
-        by_shard: dict[int, list[str]] = defaultdict(list)
-        for image_id in ids:
-            by_shard[shard_of(image_id, config.shards)].append(image_id)
-        futures = [
-            self._pool.submit(
-                self._s.shards[shard].delete, collection, shard_ids, deadline.remaining()
-            )
-            for shard, shard_ids in by_shard.items()
-        ]
-        for future in futures:
-            future.result()
+        done: set[str] = set()
+        self._generations.delete(config.generation_views(), done, ids, deadline.remaining)
+        self._generations.delete(
+            self._generations.latest_views(collection), done, ids, deadline.remaining
+        )
         return len(ids) - len(not_found), not_found
 
     def get(self, collection: str, image_id: str) -> ImageMeta:
-        self.collection(collection)
+        config = self.collection(collection)
         validation.check_id(image_id)
         (meta,) = self._s.metadata.get_images(collection, [image_id])
         if meta is None:
             raise NotFoundError(f"id {image_id!r} is not in collection {collection!r}")
-        return meta
+        # The shard recorded at ingest is out of date once a reshard moved the id, and
+        # its model version once a re-embed switched the collection.
+        return replace(
+            meta,
+            shard=Layout.of(config).write_shard(image_id),
+            model_version=config.model_version,
+        )
+
+    def get_image(self, collection: str, image_id: str) -> tuple[ImageMeta, bytes]:
+        """An ingested image's metadata and original bytes."""
+        meta = self.get(collection, image_id)
+        return meta, self._s.store.get(f"{self._settings.images_bucket}/{meta.sha256}")
 
     def stats(
         self, collection: str, timeout_s: float | None
     ) -> tuple[CollectionConfig, int, list[ShardInfo | None]]:
         config = self.collection(collection)
         timeout = timeout_s or self._settings.default_timeout_s
-        futures = [self._pool.submit(port.stats, collection, timeout) for port in self._s.shards]
+        futures = [
+            self._pool.submit(port.stats, config.index_name, timeout) for port in self._s.shards
+        ]
         infos: list[ShardInfo | None] = []
         for future in futures:
             try:
@@ -420,6 +515,30 @@ def index_overrides(config: CollectionConfig) -> IndexOverrides:
     return IndexOverrides(
         config.exact_threshold, config.num_leaves, config.leaves_to_search, config.reorder
     )
+
+
+def _reranked_hits(hits: list[Hit], reranked: list[RerankOutput]) -> list[Hit]:
+    """The verifier's order and evidence on the hits' metadata (ids it does not know dropped)."""
+    by_id = {hit.id: hit for hit in hits}
+    return [
+        Hit(
+            id=r.id,
+            score=r.score,
+            label=by_id[r.id].label,
+            attributes=by_id[r.id].attributes,
+            global_score=r.global_score,
+            inliers=r.inliers,
+            reason=r.reason,
+            sha256=by_id[r.id].sha256,
+            matches=r.matches,
+            inlier_ratio=r.inlier_ratio,
+            predicted_label=r.predicted_label,
+            label_margin=r.label_margin,
+            inlier_keypoints=r.inlier_keypoints,
+        )
+        for r in reranked
+        if r.id in by_id
+    ]
 
 
 def _result_naming_items(future: Future[ResultT], items: list[IngestItem]) -> ResultT:

@@ -27,6 +27,10 @@ from services.common.metrics import ServiceMetrics
 from services.common.objectstore import S3ObjectStore
 from services.gateway.clients import GrpcEmbedder, GrpcShard, GrpcVerifier
 from services.gateway.core import GatewayCore, GatewaySettings, Services
+from services.gateway.reembed import Reembedder, ReembedSettings
+from services.gateway.reembed_store import RedisReembedStore
+from services.gateway.reshard import ReshardSettings
+from services.gateway.reshard_store import RedisReshardStore
 from services.gateway.servicer import GatewayServicer
 from visearch.v1 import embedder_pb2, embedder_pb2_grpc, gateway_pb2, gateway_pb2_grpc
 
@@ -44,8 +48,13 @@ class GatewayConfig:
     verifier_address: str
     default_timeout_s: float
     rerank_depth: int
+    # Shards of a new collection (0 = every indexer listed; fewer leave room to reshard).
+    default_shards: int
+    reshard: ReshardSettings
     startup_timeout_s: float
     log_level: str
+    # A re-embed job's lease; a crashed job can be resumed this long after it died.
+    reembed_lease_s: float = 10.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> GatewayConfig:
@@ -61,8 +70,16 @@ class GatewayConfig:
             verifier_address=env_str(env, "VISEARCH_VERIFIER_ADDR"),
             default_timeout_s=env_float(env, "VISEARCH_DEFAULT_TIMEOUT_S", 30.0, minimum=0.01),
             rerank_depth=env_int(env, "VISEARCH_RERANK_DEPTH", 50, minimum=1, maximum=1000),
+            default_shards=env_int(
+                env, "VISEARCH_DEFAULT_SHARDS", 0, minimum=0, maximum=len(shards)
+            ),
+            reshard=ReshardSettings(
+                page_size=env_int(env, "VISEARCH_RESHARD_PAGE_SIZE", 256, minimum=1, maximum=2000),
+                page_pause_s=env_float(env, "VISEARCH_RESHARD_PAGE_PAUSE_S", 0.0, minimum=0.0),
+            ),
             startup_timeout_s=env_float(env, "VISEARCH_STARTUP_TIMEOUT_S", 120.0, minimum=1.0),
             log_level=env_str(env, "VISEARCH_LOG_LEVEL", "INFO"),
+            reembed_lease_s=env_float(env, "VISEARCH_REEMBED_LEASE_S", 10.0, minimum=1.0),
         )
 
 
@@ -96,6 +113,7 @@ def build_core(config: GatewayConfig) -> GatewayCore:
         verifier=GrpcVerifier(config.verifier_address, limit),
         store=store,
         metadata=metadata,
+        reshard_store=RedisReshardStore(config.redis_url),
     )
     settings = GatewaySettings(
         images_bucket=config.object_store.images_bucket,
@@ -104,13 +122,32 @@ def build_core(config: GatewayConfig) -> GatewayCore:
         model_version=model_version,
         default_timeout_s=config.default_timeout_s,
         default_rerank_depth=config.rerank_depth,
+        default_shards=config.default_shards,
+        reshard=config.reshard,
     )
     log.info("gateway ready", extra={"fields": {"model_version": model_version}})
     return GatewayCore(services, settings)
 
 
-def add_gateway(server: grpc.Server, slot: LoadingSlot[GatewayCore]) -> list[str]:
-    gateway_pb2_grpc.add_GatewayServicer_to_server(GatewayServicer(slot), server)
+def build_reembedder(config: GatewayConfig, core: GatewayCore) -> Reembedder:
+    return Reembedder(
+        core.services,
+        RedisReembedStore(config.redis_url),
+        ReembedSettings(
+            images_bucket=config.object_store.images_bucket,
+            default_drop_grace_s=config.default_timeout_s,
+            lease_s=config.reembed_lease_s,
+            timeout_s=max(config.default_timeout_s, 60.0),
+        ),
+    )
+
+
+def add_gateway(
+    server: grpc.Server,
+    slot: LoadingSlot[GatewayCore],
+    reembed_slot: LoadingSlot[Reembedder] | None = None,
+) -> list[str]:
+    gateway_pb2_grpc.add_GatewayServicer_to_server(GatewayServicer(slot, reembed_slot), server)
     return [gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name]
 
 
@@ -119,11 +156,18 @@ def main() -> None:
     configure_logging("gateway", config.log_level)
     metrics = ServiceMetrics("gateway")
     slot: LoadingSlot[GatewayCore] = LoadingSlot("the gateway")
+    reembed_slot: LoadingSlot[Reembedder] = LoadingSlot("the re-embed job runner")
+
+    def load() -> None:
+        core = build_core(config)
+        reembed_slot.set(build_reembedder(config, core))
+        slot.set(core)
+
     serve_forever(
         config.server,
         metrics,
-        lambda server: add_gateway(server, slot),
-        load=lambda: slot.set(build_core(config)),
+        lambda server: add_gateway(server, slot, reembed_slot),
+        load=load,
     )
 
 

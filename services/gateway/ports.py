@@ -29,15 +29,29 @@ class RerankInput:
     id: str
     sha256: str
     global_score: float
+    label: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class RerankOutput:
+    """inlier_keypoints: float32 [n, 4] (query x, y, candidate x, y), when asked for."""
+
     id: str
     score: float
     global_score: float
     inliers: int
     reason: str
+    matches: int = 0
+    inlier_ratio: float = 0.0
+    predicted_label: str = ""
+    label_margin: float = 0.0
+    inlier_keypoints: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class TextureHistograms:
+    histograms: list[np.ndarray]  # float32 [d] per image
+    texture_type: str
 
 
 @dataclass(frozen=True)
@@ -47,11 +61,21 @@ class GlobalEmbeddings:
 
 
 class EmbedderPort(Protocol):
-    def embed_global(self, images: list[bytes], timeout: float | None) -> GlobalEmbeddings: ...
+    def embed_global(
+        self, images: list[bytes], timeout: float | None, model_version: str = ""
+    ) -> GlobalEmbeddings:
+        """model_version "" = the embedder's default."""
+        ...
 
     def extract_local(
-        self, images: list[bytes], feature_type: str, timeout: float | None
+        self,
+        images: list[bytes],
+        feature_type: str,
+        timeout: float | None,
+        rotations: tuple[float, ...] = (),
     ) -> list[LocalFeatures]: ...
+
+    def extract_texture(self, images: list[bytes], timeout: float | None) -> TextureHistograms: ...
 
 
 class ShardPort(Protocol):
@@ -80,10 +104,27 @@ class ShardPort(Protocol):
 
     def stats(self, collection: str, timeout: float | None) -> ShardInfo: ...
 
+    def drop(self, collection: str, timeout: float | None) -> int:
+        """Forgets a collection (or a generation "<name>@<n>") on the shard, durably."""
+        ...
+
 
 class VerifierPort(Protocol):
     def rerank(
-        self, query: LocalFeatures, candidates: list[RerankInput], timeout: float | None
+        self,
+        query: LocalFeatures,
+        candidates: list[RerankInput],
+        timeout: float | None,
+        return_matches: bool = False,
+    ) -> list[RerankOutput]: ...
+
+    def rerank_texture(
+        self,
+        query: np.ndarray,
+        texture_type: str,
+        query_sha256: str,
+        candidates: list[RerankInput],
+        timeout: float | None,
     ) -> list[RerankOutput]: ...
 
 
@@ -110,13 +151,16 @@ class SearchQuery:
     image: bytes = b""
     object_key: str = ""
     k: int = 10
-    rerank: str = ""  # "" = collection default, "none", "geometric"
+    rerank: str = ""  # "" = collection default, "none", "geometric", "texture"
     require_complete: bool = False
     search_filter: SearchFilter = NO_FILTER
+    return_matches: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Hit:
+    """inlier_keypoints: float32 [n, 4] (query x, y, hit x, y) in original pixels, when asked."""
+
     id: str
     score: float
     label: str
@@ -125,6 +169,11 @@ class Hit:
     inliers: int
     reason: str
     sha256: str
+    matches: int = 0
+    inlier_ratio: float = 0.0
+    predicted_label: str = ""
+    label_margin: float = 0.0
+    inlier_keypoints: np.ndarray | None = None
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-import grpc
+from collections.abc import Iterator
 
+import grpc
+import numpy as np
+
+from services.common.errors import FailedPreconditionError, VisearchError
 from services.common.grpc_server import LoadingSlot
 from services.common.index_types import SearchFilter
 from services.common.metadata import CollectionConfig
@@ -15,6 +19,8 @@ from services.common.proto_convert import (
 )
 from services.gateway.core import GatewayCore, index_overrides
 from services.gateway.ports import IngestItem, SearchQuery
+from services.gateway.reembed import Reembedder
+from services.gateway.reshard import ReshardStatus
 from visearch.v1 import gateway_pb2, gateway_pb2_grpc
 
 
@@ -27,12 +33,43 @@ def _collection_proto(config: CollectionConfig) -> gateway_pb2.Collection:
         local_feature_type=config.local_feature_type,
         rerank_depth=config.rerank_depth,
         index_params=index_params_to_proto(index_overrides(config)),
+        target_shards=config.target_shards,
+        generation=config.generation,
+        pending_model_version=config.pending_model_version,
     )
 
 
+def _reshard_proto(status: ReshardStatus) -> gateway_pb2.ReshardStatus:
+    return gateway_pb2.ReshardStatus(
+        collection=status.collection,
+        from_shards=status.from_shards,
+        to_shards=status.to_shards,
+        phase=status.phase,
+        running=status.running,
+        scanned=status.scanned,
+        total=status.total,
+        copied=status.copied,
+        skipped=status.skipped,
+        removed=status.removed,
+        error=status.error,
+        started_at=status.started_at,
+        updated_at=status.updated_at,
+    )
+
+
+def _keypoint_bytes(keypoints: np.ndarray | None) -> bytes:
+    """float32 [n, 4] -> little-endian bytes ("" when not asked for)."""
+    if keypoints is None:
+        return b""
+    return np.ascontiguousarray(keypoints, dtype="<f4").tobytes()
+
+
 class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
-    def __init__(self, slot: LoadingSlot[GatewayCore]) -> None:
+    def __init__(
+        self, slot: LoadingSlot[GatewayCore], reembed: LoadingSlot[Reembedder] | None = None
+    ) -> None:
         self._slot = slot
+        self._reembed = reembed
 
     def CreateCollection(
         self, request: gateway_pb2.CreateCollectionRequest, context: grpc.ServicerContext
@@ -82,6 +119,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             rerank=RERANK_MODE_NAMES.get(request.rerank, "?"),
             require_complete=request.require_complete,
             search_filter=SearchFilter(request.filter.label, dict(request.filter.attributes)),
+            return_matches=request.return_matches,
         )
         outcome = self._slot.get().search(query, context.time_remaining())
         return gateway_pb2.SearchResponse(
@@ -95,6 +133,11 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                     inliers=h.inliers,
                     reason=h.reason,
                     sha256=h.sha256,
+                    matches=h.matches,
+                    inlier_ratio=h.inlier_ratio,
+                    predicted_label=h.predicted_label,
+                    label_margin=h.label_margin,
+                    inlier_keypoints=_keypoint_bytes(h.inlier_keypoints),
                 )
                 for h in outcome.hits
             ],
@@ -126,6 +169,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             ingested_at=meta.ingested_at,
         )
 
+    def GetImage(
+        self, request: gateway_pb2.GetRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.ImageData:
+        meta, data = self._slot.get().get_image(request.collection, request.id)
+        return gateway_pb2.ImageData(id=meta.id, sha256=meta.sha256, data=data)
+
     def Stats(
         self, request: gateway_pb2.StatsRequest, context: grpc.ServicerContext
     ) -> gateway_pb2.StatsResponse:
@@ -140,3 +189,47 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 for i, info in enumerate(infos)
             ],
         )
+
+    def Reembed(
+        self, request: gateway_pb2.ReembedRequest, context: grpc.ServicerContext
+    ) -> Iterator[gateway_pb2.ReembedProgress]:
+        """Streams the job's progress; a cancelled stream stops it between batches."""
+        try:
+            if self._reembed is None:
+                raise FailedPreconditionError("this gateway runs no re-embed jobs")
+            job = self._reembed.get().run(
+                request.collection,
+                request.model_version,
+                request.batch_size,
+                request.max_images_per_second,
+                request.drop_grace_seconds,
+            )
+            for p in job:
+                yield gateway_pb2.ReembedProgress(
+                    collection=p.collection,
+                    model_version=p.model_version,
+                    previous_model_version=p.previous_model_version,
+                    phase=p.phase,
+                    generation=p.generation,
+                    total=p.total,
+                    done=p.done,
+                    batches_total=p.batches_total,
+                    batches_done=p.batches_done,
+                    batches_skipped=p.batches_skipped,
+                )
+        except VisearchError as exc:  # the error interceptor handles unary calls only
+            context.abort(grpc.StatusCode[exc.status], exc.message)
+
+    def Reshard(
+        self, request: gateway_pb2.ReshardRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.ReshardStatus:
+        core = self._slot.get()
+        core.collection(request.collection)
+        return _reshard_proto(core.resharder.start(request.collection, request.shards))
+
+    def GetReshardStatus(
+        self, request: gateway_pb2.GetReshardStatusRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.ReshardStatus:
+        core = self._slot.get()
+        core.collection(request.collection)
+        return _reshard_proto(core.resharder.status(request.collection))

@@ -16,7 +16,7 @@ MAX_ATTRIBUTES = 32
 MAX_ATTRIBUTE_CHARS = 1024
 MAX_K = 1000
 DEFAULT_K = 10
-RERANK_MODES = ("none", "geometric")
+RERANK_MODES = ("none", "geometric", "texture")
 
 
 def check_id(image_id: str) -> None:

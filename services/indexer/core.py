@@ -6,14 +6,18 @@ import logging
 import re
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 
 import numpy as np
 
-from services.common.errors import InvalidArgumentError, NotFoundError
+from services.common.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from services.common.index_types import NO_FILTER, IndexOverrides, ItemMeta, SearchFilter
+from services.common.sharding import shard_of
 from services.indexer.durability import (
+    OP_CLEAR_TOMBSTONES,
     OP_DELETE,
+    OP_DELETE_TOMBSTONE,
     OP_UPSERT,
     Snapshot,
     SnapshotStore,
@@ -24,6 +28,17 @@ from services.indexer.vector_index import Neighbor, VectorIndex
 COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 START_SEQ = "0-0"
 log = logging.getLogger(__name__)
+
+
+# The shards also hold re-embedded generations of a collection as "<name>@<generation>".
+INDEX_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}(@[0-9]{1,9})?$")
+
+
+def check_index_name(name: str) -> None:
+    if not INDEX_NAME.match(name):
+        raise InvalidArgumentError(
+            f"index name {name!r} must be a collection name, optionally followed by @<generation>"
+        )
 
 
 def check_collection_name(name: str) -> None:
@@ -45,6 +60,16 @@ class CollectionStats:
     # Log entries the next recovery would replay (written since the latest snapshot).
     wal_lag_entries: int
     snapshot_at: float
+
+
+@dataclass(frozen=True)
+class FetchPage:
+    ids: list[str]
+    vectors: np.ndarray  # float32 [n, dims]; [0, 0] when ids_only or empty
+    metadata: list[ItemMeta]
+    next_page_token: str  # "" = no more entries
+    scanned: int  # entries examined in this scan so far
+    size: int
 
 
 @dataclass(frozen=True)
@@ -79,6 +104,12 @@ class Shard:
         self._snapshots = snapshots
         self._collections: dict[str, _Collection] = {}
         self._lock = threading.Lock()
+        # Ids deleted during a reshard, per collection: an only-if-absent upsert (a reshard
+        # copy) skips them. Guarded by the collection's write_lock, or by _lock while the
+        # collection has no index on this shard yet.
+        self._tombstones: dict[str, set[str]] = {}
+        # Fetch page tokens name this incarnation: rows are renumbered by a restart.
+        self.instance = uuid.uuid4().hex[:12]
 
     @property
     def durable(self) -> bool:
@@ -93,11 +124,36 @@ class Shard:
         overrides: IndexOverrides | None = None,
     ) -> int:
         """vectors: float32 [n, d]; metadata: None or one per id; overrides: the
-        collection's index settings (None keeps the current ones). Logged, then applied.
+        collection's index settings (None keeps the current ones). Logged, then applied;
+        forgets the ids' tombstones.
 
         Returns the collection's size.
         """
-        check_collection_name(collection)
+        return self._write(collection, ids, vectors, metadata, overrides, only_if_absent=False)[1]
+
+    def upsert_if_absent(
+        self,
+        collection: str,
+        ids: list[str],
+        vectors: np.ndarray,
+        metadata: list[ItemMeta] | None = None,
+        overrides: IndexOverrides | None = None,
+    ) -> tuple[int, int]:
+        """A reshard copy: writes only the ids this shard neither holds nor has a tombstone
+        for, deciding and writing under the collection's write lock (so no write or delete
+        of the same id interleaves). Returns (written, size afterwards)."""
+        return self._write(collection, ids, vectors, metadata, overrides, only_if_absent=True)
+
+    def _write(
+        self,
+        collection: str,
+        ids: list[str],
+        vectors: np.ndarray,
+        metadata: list[ItemMeta] | None,
+        overrides: IndexOverrides | None,
+        only_if_absent: bool,
+    ) -> tuple[int, int]:
+        check_index_name(collection)
         if len(set(ids)) != len(ids):
             raise InvalidArgumentError("duplicate ids in one upsert")
         if vectors.ndim != 2 or vectors.shape[0] == 0:
@@ -107,29 +163,121 @@ class Shard:
         if metadata is not None and len(metadata) != len(ids):
             raise InvalidArgumentError(f"{len(ids)} ids but {len(metadata)} metadata entries")
         with entry.write_lock:
+            tombstones = self._tombstones.get(collection, set())
+            if only_if_absent:
+                keep = [
+                    p
+                    for p, image_id in enumerate(ids)
+                    if image_id not in tombstones and not entry.index.contains(image_id)
+                ]
+                if not keep:
+                    return 0, entry.index.size
+                ids = [ids[p] for p in keep]
+                checked = checked[keep]
+                metadata = None if metadata is None else [metadata[p] for p in keep]
             if self._wal is not None:
                 entry.applied_seq = self._wal.append(
                     collection, OP_UPSERT, ids, checked, metadata, overrides
                 )
                 entry.wal_lag_entries += 1
+            tombstones.difference_update(ids)
             if overrides is not None:
                 entry.index.set_overrides(overrides)
             entry.index.upsert(ids, checked, metadata)
-        return entry.index.size
+        return len(ids), entry.index.size
 
-    def delete(self, collection: str, ids: list[str]) -> tuple[int, int]:
-        """Returns (deleted, size afterwards); an unknown collection deletes nothing."""
-        check_collection_name(collection)
+    def delete(self, collection: str, ids: list[str], tombstone: bool = False) -> tuple[int, int]:
+        """Returns (deleted, size afterwards); an unknown collection deletes nothing.
+
+        tombstone: also remember the ids as deleted (a delete during a reshard), even on a
+        shard that holds no entry of the collection yet, so a later reshard copy of an
+        older version of them is skipped.
+        """
+        check_index_name(collection)
+        op = OP_DELETE_TOMBSTONE if tombstone else OP_DELETE
+        with self._lock:
+            entry = self._collections.get(collection)
+            if entry is None:
+                if tombstone:
+                    if self._wal is not None:
+                        self._wal.append(collection, op, ids, None, None, None)
+                    self._tombstones.setdefault(collection, set()).update(ids)
+                return 0, 0
+        with entry.write_lock:
+            if self._wal is not None:
+                entry.applied_seq = self._wal.append(collection, op, ids, None, None, None)
+                entry.wal_lag_entries += 1
+            if tombstone:
+                self._tombstones.setdefault(collection, set()).update(ids)
+            deleted = entry.index.delete(ids)
+        return deleted, entry.index.size
+
+    def clear_tombstones(self, collection: str) -> int:
+        """Forgets a collection's tombstones (a reshard finished); returns how many."""
+        check_index_name(collection)
+        with self._lock:
+            entry = self._collections.get(collection)
+            if entry is None:
+                return self._clear_tombstones_locked(collection, None)
+        with entry.write_lock:
+            return self._clear_tombstones_locked(collection, entry)
+
+    def _clear_tombstones_locked(self, collection: str, entry: _Collection | None) -> int:
+        cleared = len(self._tombstones.get(collection, ()))
+        if cleared:
+            if self._wal is not None:
+                seq = self._wal.append(collection, OP_CLEAR_TOMBSTONES, [], None, None, None)
+                if entry is not None:
+                    entry.applied_seq = seq
+                    entry.wal_lag_entries += 1
+            self._tombstones.pop(collection, None)
+        return cleared
+
+    def tombstones(self, collection: str) -> int:
+        return len(self._tombstones.get(collection, ()))
+
+    def fetch(
+        self,
+        collection: str,
+        page_token: str = "",
+        limit: int = 500,
+        moved_under_shards: int = 0,
+        ids_only: bool = False,
+    ) -> FetchPage:
+        """One page of a scan over the collection's entries, in row order.
+
+        moved_under_shards > 0 keeps only the ids whose jump-hash shard under that many
+        shards is not this shard. Every entry live for the whole scan is returned exactly
+        once; entries written meanwhile may or may not be (a reshard routes those writes
+        itself). A token from another incarnation of this shard is refused.
+        """
+        check_index_name(collection)
+        if not 1 <= limit <= 5000:
+            raise InvalidArgumentError(f"fetch limit must be in 1..5000, got {limit}")
+        start_row, scanned = 0, 0
+        if page_token:
+            instance, _, rest = page_token.partition(":")
+            row_text, _, scanned_text = rest.partition(":")
+            if instance != self.instance or not row_text.isdigit():
+                raise FailedPreconditionError(
+                    f"page token {page_token!r} is not from this run of shard {self.shard_id} "
+                    "(it restarted): start the scan again from the beginning"
+                )
+            start_row, scanned = int(row_text), int(scanned_text or 0)
         with self._lock:
             entry = self._collections.get(collection)
         if entry is None:
-            return 0, 0
-        with entry.write_lock:
-            if self._wal is not None:
-                entry.applied_seq = self._wal.append(collection, OP_DELETE, ids, None, None, None)
-                entry.wal_lag_entries += 1
-            deleted = entry.index.delete(ids)
-        return deleted, entry.index.size
+            return FetchPage([], np.zeros((0, 0), np.float32), [], "", 0, 0)
+        keep = None
+        if moved_under_shards > 0:
+            shard_id = self.shard_id
+            keep = lambda image_id: shard_of(image_id, moved_under_shards) != shard_id  # noqa: E731
+        ids, vectors, metadata, next_row, examined = entry.index.scan(start_row, limit, keep)
+        scanned += examined
+        token = "" if next_row < 0 else f"{self.instance}:{next_row}:{scanned}"
+        if ids_only:
+            vectors, metadata = np.zeros((0, 0), np.float32), []
+        return FetchPage(ids, vectors, metadata, token, scanned, entry.index.size)
 
     def search(
         self,
@@ -139,7 +287,7 @@ class Shard:
         search_filter: SearchFilter = NO_FILTER,
     ) -> tuple[list[list[Neighbor]], str]:
         """queries: float32 [q, d]. A collection this shard never saw is empty."""
-        check_collection_name(collection)
+        check_index_name(collection)
         with self._lock:
             entry = self._collections.get(collection)
         if entry is None:
@@ -186,14 +334,22 @@ class Shard:
                 entry.index.set_overrides(snapshot.overrides)
                 entry.index.upsert(snapshot.ids, snapshot.vectors, snapshot.metadata)
                 entry.applied_seq = entry.snapshot_seq = snapshot.seq
+            if snapshot is not None and snapshot.tombstones:
+                self._tombstones[name] = set(snapshot.tombstones)
             for wal_entry in self._wal.read_after(name, after):
                 replayed += 1
+                tombstones = self._tombstones.setdefault(name, set())
                 if wal_entry.op == OP_UPSERT and wal_entry.vectors is not None:
                     entry = self._collection(name, create_dims=wal_entry.vectors.shape[1])
                     if wal_entry.overrides is not None:
                         entry.index.set_overrides(wal_entry.overrides)
+                    tombstones.difference_update(wal_entry.ids)
                     entry.index.upsert(wal_entry.ids, wal_entry.vectors, wal_entry.metadata)
                 else:
+                    if wal_entry.op == OP_DELETE_TOMBSTONE:
+                        tombstones.update(wal_entry.ids)
+                    elif wal_entry.op == OP_CLEAR_TOMBSTONES:
+                        tombstones.clear()
                     with self._lock:
                         existing = self._collections.get(name)
                     if existing is None:
@@ -219,9 +375,12 @@ class Shard:
             lag = entry.wal_lag_entries
             ids, vectors, metadata = entry.index.export()
             overrides = entry.index.overrides
+            tombstones = tuple(self._tombstones.get(collection, ()))
         if seq == entry.snapshot_seq:
             return seq
-        self._snapshots.save(collection, Snapshot(seq, ids, vectors, metadata, overrides))
+        self._snapshots.save(
+            collection, Snapshot(seq, ids, vectors, metadata, overrides, tombstones)
+        )
         with entry.write_lock:
             entry.snapshot_seq = seq
             entry.snapshot_at = time.time()
@@ -233,6 +392,30 @@ class Shard:
         with self._lock:
             names = sorted(self._collections)
         return {name: self.snapshot(name) for name in names}
+
+    def drop(self, collection: str) -> int:
+        """Forgets a collection on this shard, durably: its index, its log (so a restart does
+        not replay it) and its snapshots. Returns how many vectors it held (0 if unknown).
+
+        Callers stop writing to it first (a re-embed drops the old generation only after
+        the switch plus a grace period); a write after the drop would start it afresh.
+        """
+        check_index_name(collection)
+        with self._lock:
+            entry = self._collections.pop(collection, None)
+            self._tombstones.pop(collection, None)
+        size = 0
+        if entry is not None:
+            with entry.write_lock:  # waits for a write in progress to be logged first
+                size = entry.index.size
+                if self._wal is not None:
+                    self._wal.drop(collection)
+        elif self._wal is not None:
+            self._wal.drop(collection)
+        if self._snapshots is not None:
+            self._snapshots.drop(collection)
+        log.info("collection dropped", extra={"fields": {"collection": collection, "size": size}})
+        return size
 
     def _collection(self, collection: str, create_dims: int) -> _Collection:
         with self._lock:

@@ -26,6 +26,9 @@ from services.common.objectstore import ObjectStore
 
 OP_UPSERT = "upsert"
 OP_DELETE = "delete"
+# A delete during a reshard: also leaves tombstones (services.indexer.core.Shard.delete).
+OP_DELETE_TOMBSTONE = "delete-tombstone"
+OP_CLEAR_TOMBSTONES = "clear-tombstones"
 REPLAY_BATCH = 500
 
 
@@ -46,6 +49,7 @@ class Snapshot:
     vectors: np.ndarray  # float32 [n, d]
     metadata: list[ItemMeta]
     overrides: IndexOverrides = NO_OVERRIDES
+    tombstones: tuple[str, ...] = ()
 
 
 def _metadata_json(metadata: list[ItemMeta] | None) -> str:
@@ -65,7 +69,18 @@ def _overrides_from_json(text: str | bytes) -> IndexOverrides | None:
 def _metadata_from_json(text: str | bytes) -> list[ItemMeta] | None:
     if not text:
         return None
-    return [ItemMeta(label, dict(attributes)) for label, attributes in json.loads(text)]
+    # Entries without attributes share one ItemMeta per label (a snapshot holds millions).
+    by_label: dict[str, ItemMeta] = {}
+    out = []
+    for label, attributes in json.loads(text):
+        if attributes:
+            out.append(ItemMeta(label, dict(attributes)))
+            continue
+        meta = by_label.get(label)
+        if meta is None:
+            meta = by_label[label] = ItemMeta(label, {})
+        out.append(meta)
+    return out
 
 
 def seq_key(seq: str) -> tuple[int, int]:
@@ -97,6 +112,10 @@ class WriteAheadLog(Protocol):
 
     def length(self, collection: str) -> int: ...
 
+    def drop(self, collection: str) -> None:
+        """Deletes the collection's log and unregisters it (recovery skips it), atomically."""
+        ...
+
 
 class SnapshotStore(Protocol):
     def save(self, collection: str, snapshot: Snapshot) -> None:
@@ -104,6 +123,10 @@ class SnapshotStore(Protocol):
         ...
 
     def latest(self, collection: str) -> Snapshot | None: ...
+
+    def drop(self, collection: str) -> None:
+        """Unpublishes the collection's snapshot pointer, then deletes its snapshot files."""
+        ...
 
 
 def _encode_vectors(vectors: np.ndarray | None) -> bytes:
@@ -181,6 +204,15 @@ class RedisWriteAheadLog:
     def length(self, collection: str) -> int:
         return int(self._redis.xlen(self._key(collection)))
 
+    def drop(self, collection: str) -> None:
+        try:
+            with self._redis.pipeline(transaction=True) as pipe:
+                pipe.srem(f"walcols:{self._shard}", collection)
+                pipe.delete(self._key(collection))
+                pipe.execute()
+        except redis.RedisError as exc:
+            raise UnavailableError(f"write-ahead log (Redis) unavailable: {exc}") from exc
+
 
 class ObjectSnapshotStore:
     def __init__(self, store: ObjectStore, bucket: str, client: redis.Redis, shard: int) -> None:
@@ -197,6 +229,7 @@ class ObjectSnapshotStore:
             vectors=snapshot.vectors,
             metadata=np.asarray([_metadata_json(snapshot.metadata)], dtype=str),
             params=np.asarray([_overrides_json(snapshot.overrides)], dtype=str),
+            tombstones=np.asarray(sorted(snapshot.tombstones), dtype=str),
         )
         key = f"{self._bucket}/{collection}/{self._shard}/{snapshot.seq}/vectors.npz"
         self._store.put(key, buffer.getvalue())
@@ -210,10 +243,18 @@ class ObjectSnapshotStore:
             return None
         meta = json.loads(pointer)
         with np.load(io.BytesIO(self._store.get(meta["key"])), allow_pickle=False) as data:
-            ids = [str(i) for i in data["ids"]]
+            ids = data["ids"].tolist()
             metadata = _metadata_from_json(str(data["metadata"][0])) or [ItemMeta()] * len(ids)
             overrides = _overrides_from_json(str(data["params"][0])) if "params" in data else None
-            return Snapshot(meta["seq"], ids, data["vectors"], metadata, overrides or NO_OVERRIDES)
+            tombstones = tuple(str(i) for i in data["tombstones"]) if "tombstones" in data else ()
+            return Snapshot(
+                meta["seq"], ids, data["vectors"], metadata, overrides or NO_OVERRIDES, tombstones
+            )
+
+    def drop(self, collection: str) -> None:
+        self._redis.delete(f"snap:{collection}:{self._shard}")
+        for key in list(self._store.list(f"{self._bucket}/{collection}/{self._shard}/")):
+            self._store.delete(key)
 
 
 class InMemoryWriteAheadLog:
@@ -260,6 +301,10 @@ class InMemoryWriteAheadLog:
         with self._lock:
             return len(self._entries.get(collection, []))
 
+    def drop(self, collection: str) -> None:
+        with self._lock:
+            self._entries.pop(collection, None)
+
 
 class InMemorySnapshotStore:
     def __init__(self) -> None:
@@ -270,3 +315,6 @@ class InMemorySnapshotStore:
 
     def latest(self, collection: str) -> Snapshot | None:
         return self._latest.get(collection)
+
+    def drop(self, collection: str) -> None:
+        self._latest.pop(collection, None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import grpc
@@ -9,9 +10,11 @@ import grpc
 from services.common.errors import FailedPreconditionError, InvalidArgumentError
 from services.common.index_types import IndexOverrides, ItemMeta, SearchFilter
 from services.common.metrics import ServiceMetrics
-from services.common.proto_convert import vectors_from_proto
+from services.common.proto_convert import metadata_to_proto, vectors_from_proto, vectors_to_proto
 from services.indexer.core import Shard
 from visearch.v1 import indexer_pb2, indexer_pb2_grpc
+
+DEFAULT_FETCH_LIMIT = 500
 
 
 class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
@@ -66,16 +69,24 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
             if request.HasField("params")
             else None
         )
-        size = self._shard.upsert(
-            request.collection, list(request.ids), vectors, metadata, overrides
-        )
+        if request.only_if_absent:
+            upserted, size = self._shard.upsert_if_absent(
+                request.collection, list(request.ids), vectors, metadata, overrides
+            )
+        else:
+            upserted = len(request.ids)
+            size = self._shard.upsert(
+                request.collection, list(request.ids), vectors, metadata, overrides
+            )
         self._record(request.collection)
-        return indexer_pb2.UpsertResponse(upserted=len(request.ids), size=size)
+        return indexer_pb2.UpsertResponse(upserted=upserted, size=size)
 
     def Delete(
         self, request: indexer_pb2.IndexDeleteRequest, context: grpc.ServicerContext
     ) -> indexer_pb2.IndexDeleteResponse:
-        deleted, size = self._shard.delete(request.collection, list(request.ids))
+        deleted, size = self._shard.delete(
+            request.collection, list(request.ids), tombstone=request.tombstone
+        )
         if deleted:
             self._record(request.collection)
         return indexer_pb2.IndexDeleteResponse(deleted=deleted, size=size)
@@ -118,6 +129,41 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
                 for s in self._shard.stats(request.collection)
             ],
         )
+
+    def Fetch(
+        self, request: indexer_pb2.FetchRequest, context: grpc.ServicerContext
+    ) -> indexer_pb2.FetchResponse:
+        page = self._shard.fetch(
+            request.collection,
+            request.page_token,
+            request.limit or DEFAULT_FETCH_LIMIT,
+            request.moved_under_shards,
+            request.ids_only,
+        )
+        return indexer_pb2.FetchResponse(
+            ids=page.ids,
+            vectors=vectors_to_proto(page.vectors) if page.metadata else [],
+            metadata=[metadata_to_proto(m.label, m.attributes) for m in page.metadata],
+            next_page_token=page.next_page_token,
+            scanned=page.scanned,
+            size=page.size,
+        )
+
+    def ClearTombstones(
+        self, request: indexer_pb2.ClearTombstonesRequest, context: grpc.ServicerContext
+    ) -> indexer_pb2.ClearTombstonesResponse:
+        return indexer_pb2.ClearTombstonesResponse(
+            cleared=self._shard.clear_tombstones(request.collection)
+        )
+
+    def DropCollection(
+        self, request: indexer_pb2.DropCollectionRequest, context: grpc.ServicerContext
+    ) -> indexer_pb2.DropCollectionResponse:
+        dropped = self._shard.drop(request.collection)
+        for gauge in (self._size, self._wal_lag, self._snapshot_time):
+            with contextlib.suppress(KeyError):
+                gauge.remove(self._shard_label, request.collection)
+        return indexer_pb2.DropCollectionResponse(dropped=dropped)
 
     def Snapshot(
         self, request: indexer_pb2.SnapshotRequest, context: grpc.ServicerContext

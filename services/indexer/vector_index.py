@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +35,16 @@ REBUILD_CHANGE_FRACTION = 0.5
 MAX_FRESH_ROWS = 20_000
 # Below this ScaNN's quantiser cannot train (and exact search is fast anyway).
 MIN_SCANN_VECTORS = 1000
+# A rebuild beside a serving searcher can run nicer than the serving threads (Linux
+# niceness is per thread and inherited by the threads ScaNN trains with) and on fewer
+# training threads (0 = all cores). Off by default: in bench/rebuild_under_load.py +5 / one
+# thread made the rebuild 2.8-3.4x longer with no consistent query-latency gain, and the
+# rows written meanwhile (scored exactly on every query until the swap) cost queries more
+# than the build does (docs/benchmarks.md).
+BUILD_NICENESS = 0
+BUILD_THREADS = 0
+# A scan page examines at most this many entries per entry it may return.
+SCAN_EXAMINE_FACTOR = 20
 log = logging.getLogger(__name__)
 
 
@@ -61,13 +74,17 @@ def scann_params_for(size: int, overrides: IndexOverrides = NO_OVERRIDES) -> Sca
 
 
 def build_searcher(
-    data: np.ndarray, docids: list[str], overrides: IndexOverrides = NO_OVERRIDES
+    data: np.ndarray,
+    docids: list[str],
+    overrides: IndexOverrides = NO_OVERRIDES,
+    training_threads: int = 0,
 ) -> scann.scann_ops_pybind.ScannSearcher:
-    """data: float32 [n, dims] L2-normalised; docids: n strings."""
+    """data: float32 [n, dims] L2-normalised; docids: n strings; training_threads 0 = all."""
     params = scann_params_for(len(docids), overrides)
+    builder = scann.scann_ops_pybind.builder(data, 10, "dot_product")
+    builder.set_n_training_threads(training_threads)
     return (
-        scann.scann_ops_pybind.builder(data, 10, "dot_product")
-        .tree(
+        builder.tree(
             num_leaves=params.num_leaves,
             num_leaves_to_search=params.leaves_to_search,
             training_sample_size=params.training_sample_size,
@@ -158,6 +175,10 @@ class VectorIndex:
         if metadata is not None and len(metadata) != len(ids):
             raise InvalidArgumentError(f"{len(ids)} ids but {len(metadata)} metadata entries")
         with self._lock:
+            if self._high_water == 0 and self._fill_empty(ids, vectors, metadata):
+                self._changes_since_build += len(ids)
+                self._maybe_rebuild()
+                return
             for position, (image_id, vector) in enumerate(zip(ids, vectors, strict=True)):
                 row = self._row_of.get(image_id)
                 if row is None:
@@ -178,6 +199,40 @@ class VectorIndex:
                 self._pending.append(("upsert", list(ids), vectors.copy()))
             self._changes_since_build += len(ids)
             self._maybe_rebuild()
+
+    def _fill_empty(
+        self, ids: list[str], vectors: np.ndarray, metadata: list[ItemMeta] | None
+    ) -> bool:
+        """The first upsert into a never-used index (a snapshot load) without a per-row
+        loop: vectors float32 [n, dims] go in as rows 0..n-1. False (nothing done) when
+        ids repeat, which the row-by-row path resolves (the last one wins)."""
+        row_of = dict(zip(ids, range(len(ids)), strict=True))
+        if len(row_of) != len(ids):
+            return False
+        capacity = INITIAL_CAPACITY
+        while capacity < len(ids):
+            capacity *= 2
+        if capacity > self._matrix.shape[0]:
+            self._matrix = np.zeros((capacity, self.dims), dtype=np.float32)
+            self._live = np.zeros(capacity, dtype=bool)
+            self._ids = [None] * capacity
+            self._meta = [None] * capacity
+        n = len(ids)
+        self._matrix[:n] = vectors
+        self._live[:n] = True
+        self._ids[:n] = ids
+        self._row_of = row_of
+        self._high_water = n
+        if metadata is None:
+            self._meta[:n] = [ItemMeta()] * n
+            return True
+        self._meta[:n] = metadata
+        for row, meta in enumerate(metadata):
+            if meta.label:
+                self._rows_by_label.setdefault(meta.label, set()).add(row)
+            for pair in meta.attributes.items():
+                self._rows_by_attribute.setdefault(pair, set()).add(row)
+        return True
 
     def delete(self, ids: list[str]) -> int:
         """Removes ids; returns how many existed."""
@@ -206,6 +261,37 @@ class VectorIndex:
                 self._matrix[live_rows].copy(),
                 [self._meta[row] or ItemMeta() for row in live_rows],
             )
+
+    def scan(
+        self, start_row: int, limit: int, keep: Callable[[str], bool] | None = None
+    ) -> tuple[list[str], np.ndarray, list[ItemMeta], int, int]:
+        """Up to `limit` live entries from row `start_row` on whose id passes `keep`:
+        ids, float32 [n, dims] vectors, metadata, the row to resume from (-1 = end) and
+        the live entries examined. Every entry live during the whole scan is returned once.
+        """
+        with self._lock:
+            live_rows = np.flatnonzero(self._live[start_row : self._high_water]) + start_row
+            taken: list[int] = []
+            examined, next_row = 0, -1
+            for row in live_rows.tolist():
+                # Bounded work per call: the lock also holds off searches.
+                if len(taken) == limit or examined == SCAN_EXAMINE_FACTOR * limit:
+                    next_row = row
+                    break
+                examined += 1
+                if keep is None or keep(self._ids[row] or ""):
+                    taken.append(row)
+            return (
+                [self._ids[row] or "" for row in taken],
+                self._matrix[taken].copy(),
+                [self._meta[row] or ItemMeta() for row in taken],
+                next_row,
+                examined,
+            )
+
+    def contains(self, image_id: str) -> bool:
+        with self._lock:
+            return image_id in self._row_of
 
     def search(
         self, queries: np.ndarray, k: int, search_filter: SearchFilter = NO_FILTER
@@ -370,35 +456,63 @@ class VectorIndex:
         """Called with the lock held: starts a (re)build when one is due."""
         if self._pending is not None or not self._needs_build():
             return
-        live_rows = np.flatnonzero(self._live[: self._high_water])
-        data = np.ascontiguousarray(self._matrix[live_rows])
-        docids = [self._ids[row] or "" for row in live_rows]
+        # Only flat copies of the row state here: the vectors are gathered off the lock, in
+        # the build thread. Writes from now on are queued and replayed into the new searcher,
+        # which also repairs any row the gather read while it was rewritten or reused.
+        source = (
+            self._matrix,
+            self._live[: self._high_water].copy(),
+            self._ids[: self._high_water],
+        )
         self._pending = []
         self._changes_since_build = 0
         if self.background_builds:
             self._builder = threading.Thread(
-                target=self._finish_build,
-                args=(data, docids, self.overrides, self._writes),
+                target=self._background_build,
+                args=(source, self.overrides, self._writes, self._scann is not None),
                 name="scann-build",
                 daemon=True,
             )
             self._builder.start()
         else:
-            self._finish_build(data, docids, self.overrides, self._writes)
+            self._finish_build(*_gather(source), self.overrides, self._writes)
+
+    def _background_build(
+        self,
+        source: tuple[np.ndarray, np.ndarray, list[str | None]],
+        overrides: IndexOverrides,
+        writes_at_copy: int,
+        beside_serving: bool,
+    ) -> None:
+        """A rebuild beside a serving searcher yields CPU to queries; a first build (every
+        query is exact until it lands) takes all cores."""
+        if not beside_serving:
+            self._finish_build(*_gather(source), overrides, writes_at_copy)
+            return
+        _lower_thread_priority(BUILD_NICENESS)
+        self._finish_build(*_gather(source), overrides, writes_at_copy, BUILD_THREADS)
 
     def _finish_build(
-        self, data: np.ndarray, docids: list[str], overrides: IndexOverrides, writes_at_copy: int
+        self,
+        data: np.ndarray,
+        docids: list[str],
+        overrides: IndexOverrides,
+        writes_at_copy: int,
+        training_threads: int = 0,
     ) -> None:
         """Trains a searcher on the copied data, replays later writes, swaps it in."""
+        started = time.perf_counter()
+        log.info("scann build started", extra={"fields": {"vectors": len(docids)}})
         try:
-            searcher = build_searcher(data, docids, overrides)
+            searcher = build_searcher(data, docids, overrides, training_threads)
         except Exception:
             log.exception("ScaNN build failed; serving continues with the previous index")
             with self._lock:
                 self._pending = None
             return
         with self._lock:
-            for op, ids, vectors in self._pending or []:
+            pending = self._pending or []
+            for op, ids, vectors in pending:
                 if op == "upsert":
                     searcher.upsert(ids, vectors)
                 else:
@@ -409,6 +523,16 @@ class VectorIndex:
             self._pending = None
             self._fresh = {row: n for row, n in self._fresh.items() if n > writes_at_copy}
             self.rebuilds += 1
+            log.info(
+                "scann index swapped in",
+                extra={
+                    "fields": {
+                        "vectors": len(docids),
+                        "replayed_ops": len(pending),
+                        "build_s": round(time.perf_counter() - started, 3),
+                    }
+                },
+            )
             # Writes during this build may already call for the next one.
             self._maybe_rebuild()
 
@@ -440,3 +564,26 @@ class VectorIndex:
         if not np.isfinite(array).all():
             raise InvalidArgumentError(f"{what} contain NaN or infinite values")
         return np.ascontiguousarray(array)
+
+
+def _gather(
+    source: tuple[np.ndarray, np.ndarray, list[str | None]],
+) -> tuple[np.ndarray, list[str]]:
+    """(matrix float32 [capacity, d], live bool [m], ids [m]) -> the live rows as float32
+    [n, d] and their ids."""
+    matrix, live, ids = source
+    rows = np.flatnonzero(live)
+    return np.ascontiguousarray(matrix[rows]), [ids[row] or "" for row in rows]
+
+
+def _lower_thread_priority(niceness: int) -> None:
+    """Raises the calling thread's niceness by `niceness` (no-op where unsupported)."""
+    if niceness <= 0 or not hasattr(os, "setpriority"):
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(
+            os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + niceness)
+        )
+    except OSError:
+        log.warning("could not lower the build thread's priority", exc_info=True)

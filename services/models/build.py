@@ -1,6 +1,7 @@
-"""Build the global embedding model: ``python -m services.models.build --out models``.
+"""Build the models: ``python -m services.models.build --out models``.
 
-Produces ``<out>/global/<version>/model.onnx`` and ``manifest.json``. Idempotent and quick
+Produces ``<out>/global/<version>/model.onnx`` and ``manifest.json``, then the DELF-style local
+model ``<out>/local/<version>/`` (``services.models.delf_build``). Idempotent and quick
 when up to date (it runs at every set-up): torch is imported only when a build is needed.
 """
 
@@ -13,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from services.models.delf_build import DEFAULT_DATASETS, build_local
 from services.models.weights import sha256_file
 
 MODEL_NAME = "mobilenetv2-gem"
@@ -92,6 +94,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--weights-cache", type=Path, default=None, help="weights cache folder")
     parser.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    parser.add_argument(
+        "--datasets", type=Path, default=DEFAULT_DATASETS, help="training data of the local model"
+    )
+    parser.add_argument(
+        "--no-local", dest="local", action="store_false", help="skip the DELF-style local model"
+    )
     return parser.parse_args(argv)
 
 
@@ -107,6 +115,17 @@ def main(argv: list[str] | None = None) -> int:
         f"sha256={manifest['sha256'][:12]} input={input_size[0]}x{input_size[1]} "
         f"({time.perf_counter() - t0:.2f}s)"
     )
+    if not args.local:
+        return 0
+    t0 = time.perf_counter()
+    local_dir, local, local_state = build_local(args.out, args.datasets, args.weights_cache)
+    if local is None:
+        print(f"local model skipped: no training data under {args.datasets}/ukbench1000")
+    else:
+        print(
+            f"local model {local['version']} {local_state}: {local_dir / MODEL_FILENAME} "
+            f"sha256={local['sha256'][:12]} ({time.perf_counter() - t0:.2f}s)"
+        )
     return 0
 
 

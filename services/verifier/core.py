@@ -1,7 +1,8 @@
 """Geometric re-ranking of global-search candidates (service core, no grpc).
 
 For each candidate the verifier reads its stored local features (through a byte-bounded LRU
-cache), verifies them against the query's (``geometry.verify_pair``) and fuses the evidence
+cache), verifies them against the query's (``rotation.verify_grouped``: ``geometry.verify_pair``,
+or per rotation group of a DELF query keeping the best) and fuses the evidence
 with the global score (``fusion.fused_score``). Candidates are verified in parallel: the
 matrix product and the robust fit release the GIL. BLAS is limited to one thread per call
 (``single_threaded_blas``) because the parallelism is across candidates; letting every worker
@@ -16,13 +17,15 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numpy as np
 from threadpoolctl import threadpool_limits
 
 from services.common.errors import ConfigError, InvalidArgumentError, NotFoundError
 from services.common.local_features import LocalFeatures, feature_key
 from services.common.objectstore import ObjectStore
 from services.verifier.fusion import FusionSettings, fused_score
-from services.verifier.geometry import GeometricEvidence, GeometrySettings, verify_pair
+from services.verifier.geometry import GeometricEvidence, GeometrySettings
+from services.verifier.rotation import settings_for, verify_grouped
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +47,12 @@ class Candidate:
 
 @dataclass(frozen=True)
 class RerankedCandidate:
-    """A candidate after re-ranking; ``reason`` explains the score in a few words."""
+    """A candidate after re-ranking; ``reason`` explains the score in a few words.
+
+    ``predicted_label`` / ``label_margin``: texture mode's SVC vote for the query.
+    ``inlier_keypoints``: float32 [n, 4] (query x, y, candidate x, y) in original pixels, only
+    when asked for (``return_matches``).
+    """
 
     id: str
     score: float
@@ -53,6 +61,9 @@ class RerankedCandidate:
     matches: int
     inlier_ratio: float
     reason: str
+    predicted_label: str = ""
+    label_margin: float = 0.0
+    inlier_keypoints: np.ndarray | None = None
 
 
 class FeatureCache:
@@ -155,13 +166,22 @@ class GeometricReranker:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def rerank(self, query: LocalFeatures, candidates: list[Candidate]) -> list[RerankedCandidate]:
-        """All candidates, best fused score first; ties keep the input (global) order."""
-        results = list(self._executor.map(lambda c: self._score(query, c), candidates))
+    def rerank(
+        self, query: LocalFeatures, candidates: list[Candidate], return_matches: bool = False
+    ) -> list[RerankedCandidate]:
+        """All candidates, best fused score first; ties keep the input (global) order.
+
+        return_matches: fill each result's ``inlier_keypoints`` (for drawing matches).
+        """
+        results = list(
+            self._executor.map(lambda c: self._score(query, c, return_matches), candidates)
+        )
         order = sorted(range(len(results)), key=lambda i: (-results[i].score, i))
         return [results[i] for i in order]
 
-    def _score(self, query: LocalFeatures, candidate: Candidate) -> RerankedCandidate:
+    def _score(
+        self, query: LocalFeatures, candidate: Candidate, return_matches: bool = False
+    ) -> RerankedCandidate:
         key = feature_key(query.feature_type, candidate.sha256, self._features_bucket)
         try:
             features = self._cache.get_or_load(key, self._store)
@@ -170,30 +190,53 @@ class GeometricReranker:
         except InvalidArgumentError as exc:
             log.warning("candidate %s: cannot parse %s: %s", candidate.id, key, exc)
             return _unverified(candidate, REASON_BAD_FEATURES)
-        evidence = verify_pair(query, features, self._geometry)
+        geometry, fusion = settings_for(query.feature_type, self._geometry, self._fusion)
+        evidence, rotation = verify_grouped(query, features, geometry)
         return RerankedCandidate(
             id=candidate.id,
-            score=fused_score(candidate.global_score, evidence, self._fusion),
+            score=fused_score(candidate.global_score, evidence, fusion),
             global_score=candidate.global_score,
             inliers=evidence.inliers,
             matches=evidence.matches,
             inlier_ratio=evidence.inlier_ratio,
-            reason=self._reason(candidate.global_score, evidence),
+            reason=_reason(candidate.global_score, evidence, geometry, rotation),
+            inlier_keypoints=inlier_keypoints(query, features, evidence)
+            if return_matches
+            else None,
         )
 
-    def _reason(self, global_score: float, evidence: GeometricEvidence) -> str:
-        head = f"global {global_score:.2f}"
-        if evidence.inliers >= self._geometry.min_inliers:
-            return (
-                f"{head} + {evidence.inliers} inliers "
-                f"({self._geometry.model}, ratio {evidence.inlier_ratio:.2f})"
-            )
-        if evidence.inliers > 0:
-            return (
-                f"{head}; {evidence.inliers} inliers of {evidence.matches} matches, "
-                f"too few (need {self._geometry.min_inliers})"
-            )
-        return f"{head}; no geometric fit ({evidence.matches} matches)"
+
+def _reason(
+    global_score: float,
+    evidence: GeometricEvidence,
+    geometry: GeometrySettings,
+    rotation: float | None,
+) -> str:
+    head = f"global {global_score:.2f}"
+    if evidence.inliers >= geometry.min_inliers:
+        turned = f", query turned {rotation:g}°" if rotation else ""
+        return (
+            f"{head} + {evidence.inliers} inliers "
+            f"({geometry.model}, ratio {evidence.inlier_ratio:.2f}{turned})"
+        )
+    if evidence.inliers > 0:
+        return (
+            f"{head}; {evidence.inliers} inliers of {evidence.matches} matches, "
+            f"too few (need {geometry.min_inliers})"
+        )
+    return f"{head}; no geometric fit ({evidence.matches} matches)"
+
+
+def inlier_keypoints(
+    query: LocalFeatures, candidate: LocalFeatures, evidence: GeometricEvidence
+) -> np.ndarray:
+    """float32 [k, 4] (query x, y, candidate x, y) of the inliers, original pixel coordinates."""
+    pairs = evidence.inlier_pairs
+    if evidence.inliers == 0 or len(pairs) == 0:
+        return np.zeros((0, 4), dtype=np.float32)
+    return np.hstack([query.keypoints[pairs[:, 0]], candidate.keypoints[pairs[:, 1]]]).astype(
+        np.float32
+    )
 
 
 def _unverified(candidate: Candidate, reason: str) -> RerankedCandidate:

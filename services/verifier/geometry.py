@@ -173,6 +173,13 @@ def verify_pair(
             f"descriptor dims differ: query {query.dims}, candidate {candidate.dims}"
         )
     pairs = match_descriptors(query.descriptors, candidate.descriptors, settings.ratio)
+    return fit_pairs(query, candidate, pairs, settings)
+
+
+def fit_pairs(
+    query: LocalFeatures, candidate: LocalFeatures, pairs: np.ndarray, settings: GeometrySettings
+) -> GeometricEvidence:
+    """Robust fit of tentative matches ``pairs`` ([k, 2] int32 query row, candidate row)."""
     pairs = _drop_duplicate_locations(pairs, query.keypoints, candidate.keypoints)
     matches = len(pairs)
     if matches < MIN_MATCHES_FOR_MODEL[settings.model]:

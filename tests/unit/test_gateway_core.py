@@ -25,6 +25,7 @@ from services.gateway.ports import (
     SearchQuery,
     ShardHit,
     ShardInfo,
+    TextureHistograms,
 )
 from services.indexer.core import Shard
 
@@ -32,18 +33,30 @@ LIMITS = ImageLimits(max_bytes=1_000_000)
 
 
 class PixelEmbedder:
-    """Embeds an image as its normalised 8x8 colour thumbnail (192-d)."""
+    """Embeds an image as its normalised 8x8 colour thumbnail (192-d); version
+    "pixels-v2" uses a 4x4 thumbnail (48-d). Counts images per version."""
 
-    def embed_global(self, images, timeout):
+    SIDES = {"pixels-v1": 8, "pixels-v2": 4}
+
+    def __init__(self):
+        self.embedded: dict[str, int] = {}
+
+    def embed_global(self, images, timeout, model_version=""):
+        version = model_version or "pixels-v1"
+        if version not in self.SIDES:
+            raise NotFoundError(f"model version {version!r} is not in the registry")
+        side = self.SIDES[version]
+        self.embedded[version] = self.embedded.get(version, 0) + len(images)
         rows = []
         for position, data in enumerate(images):
             try:
                 rgb = decode_rgb(data, LIMITS)
             except InvalidArgumentError as exc:  # the embedder names images by position
                 raise InvalidArgumentError(f"embedder: image {position}: {exc.message}") from exc
-            thumb = np.asarray(Image.fromarray(rgb).resize((8, 8)), np.float32).ravel() - 127.5
+            thumb = np.asarray(Image.fromarray(rgb).resize((side, side)), np.float32).ravel()
+            thumb = thumb - 127.5
             rows.append(thumb / (np.linalg.norm(thumb) + 1e-6))
-        return GlobalEmbeddings(np.stack(rows).astype(np.float32), "pixels-v1")
+        return GlobalEmbeddings(np.stack(rows).astype(np.float32), version)
 
     def extract_local(self, images, feature_type, timeout):
         return [
@@ -57,6 +70,13 @@ class PixelEmbedder:
             )
             for _ in images
         ]
+
+    def extract_texture(self, images, timeout):
+        from services.embedder.texture import TEXTURE_TYPE, extract_texture
+
+        return TextureHistograms(
+            [extract_texture(decode_rgb(data, LIMITS)) for data in images], TEXTURE_TYPE
+        )
 
 
 class InProcessShard:
@@ -83,11 +103,14 @@ class InProcessShard:
         (s,) = self.core.stats(collection)
         return ShardInfo(self.shard, s.size, s.method)
 
+    def drop(self, collection, timeout):
+        return self.core.drop(collection)
+
 
 class ReverseVerifier:
     """Puts the global order upside down, to show the gateway uses the verifier's order."""
 
-    def rerank(self, query, candidates, timeout):
+    def rerank(self, query, candidates, timeout, return_matches=False):
         return [
             RerankOutput(c.id, float(i), c.global_score, i, "reversed")
             for i, c in enumerate(candidates)

@@ -3,6 +3,7 @@ import pytest
 
 from services.common.errors import InvalidArgumentError
 from services.common.index_types import IndexOverrides, ItemMeta, SearchFilter
+from services.indexer import vector_index
 from services.indexer.core import Shard
 from services.indexer.vector_index import VectorIndex, scann_params_for
 
@@ -227,3 +228,58 @@ def test_large_k_keeps_recall():
     )
     assert method == "scann" and all(len(r) == 600 for r in results)
     assert recall >= 0.9
+
+
+def test_first_fill_of_an_empty_index_matches_row_by_row_upserts():
+    data = clustered_unit_vectors(3000, 16, 20, seed=21)
+    ids = [f"id{i}" for i in range(3000)]
+    meta = [ItemMeta(f"l{i % 7}", {"c": str(i % 3)} if i % 2 else {}) for i in range(3000)]
+    bulk = VectorIndex(16, exact_threshold=100_000)
+    bulk.upsert(ids, data, meta)  # one call into a never-used index: the vectorised path
+    stepwise = VectorIndex(16, exact_threshold=100_000)
+    stepwise.upsert(ids[:1], data[:1], meta[:1])
+    stepwise.upsert(ids[1:], data[1:], meta[1:])
+    queries = clustered_unit_vectors(5, 16, 20, seed=22)
+    filters = [SearchFilter(), SearchFilter("l3"), SearchFilter("l3", {"c": "1"})]
+    for search_filter in [*filters, SearchFilter(attributes={"c": "2"})]:
+        assert bulk.search(queries, 10, search_filter) == stepwise.search(
+            queries, 10, search_filter
+        )
+    exported, expected = bulk.export(), stepwise.export()
+    assert exported[0] == expected[0] and exported[2] == expected[2]
+    np.testing.assert_array_equal(exported[1], expected[1])
+    # afterwards it is an ordinary index: replace, delete, grow
+    bulk.upsert(["id5", "new"], data[6:8])
+    assert bulk.delete(["id7", "missing"]) == 1
+    assert bulk.size == 3000
+    assert bulk.search(data[6:7], 2)[0][0][0].id in {"id5", "id6"}
+    # ids repeated within the first call: the last one wins, as row by row
+    repeated = VectorIndex(16, exact_threshold=100_000)
+    repeated.upsert(["a", "b", "a"], data[:3])
+    assert repeated.size == 2
+    assert repeated.search(data[2:3], 1)[0][0][0].id == "a"
+
+
+def test_writes_while_a_rebuild_gathers_its_rows_are_not_lost(monkeypatch):
+    data = clustered_unit_vectors(9000, 32, 60, seed=23)
+    index = VectorIndex(32, exact_threshold=2000)
+    index.upsert([f"id{i}" for i in range(4000)], data[:4000])
+    index.wait_for_build()
+    gather = vector_index._gather
+
+    def gather_after_writes(source):
+        # the rows are read off the lock: rewrite, delete and reuse rows before reading them
+        index.upsert(["id0"], data[8000:8001])
+        index.delete(["id1", "id2"])
+        index.upsert(["reused"], data[8001:8002])
+        return gather(source)
+
+    monkeypatch.setattr(vector_index, "_gather", gather_after_writes)
+    index.upsert([f"id{i}" for i in range(4000, 7000)], data[4000:7000])  # triggers a rebuild
+    index.wait_for_build()
+    assert index.rebuilds == 2 and not index.rebuilding and index.size == 6999
+    index._fresh.clear()  # answers from the new searcher alone, without exact fresh rows
+    assert index.search(data[8000:8001], 1)[0][0][0].id == "id0"
+    assert index.search(data[8001:8002], 1)[0][0][0].id == "reused"
+    found = {n.id for row in index.search(data[:3], 10)[0] for n in row}
+    assert not found & {"id1", "id2"}

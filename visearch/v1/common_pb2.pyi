@@ -12,9 +12,11 @@ class RerankMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RERANK_MODE_UNSPECIFIED: _ClassVar[RerankMode]
     RERANK_MODE_NONE: _ClassVar[RerankMode]
     RERANK_MODE_GEOMETRIC: _ClassVar[RerankMode]
+    RERANK_MODE_TEXTURE: _ClassVar[RerankMode]
 RERANK_MODE_UNSPECIFIED: RerankMode
 RERANK_MODE_NONE: RerankMode
 RERANK_MODE_GEOMETRIC: RerankMode
+RERANK_MODE_TEXTURE: RerankMode
 
 class Image(_message.Message):
     __slots__ = ("data", "object_key")
@@ -31,7 +33,7 @@ class Vector(_message.Message):
     def __init__(self, values: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class LocalFeatures(_message.Message):
-    __slots__ = ("feature_type", "count", "dims", "keypoints", "scores", "descriptors", "image_width", "image_height")
+    __slots__ = ("feature_type", "count", "dims", "keypoints", "scores", "descriptors", "image_width", "image_height", "group_sizes", "rotations")
     FEATURE_TYPE_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
     DIMS_FIELD_NUMBER: _ClassVar[int]
@@ -40,6 +42,8 @@ class LocalFeatures(_message.Message):
     DESCRIPTORS_FIELD_NUMBER: _ClassVar[int]
     IMAGE_WIDTH_FIELD_NUMBER: _ClassVar[int]
     IMAGE_HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    GROUP_SIZES_FIELD_NUMBER: _ClassVar[int]
+    ROTATIONS_FIELD_NUMBER: _ClassVar[int]
     feature_type: str
     count: int
     dims: int
@@ -48,7 +52,9 @@ class LocalFeatures(_message.Message):
     descriptors: bytes
     image_width: int
     image_height: int
-    def __init__(self, feature_type: _Optional[str] = ..., count: _Optional[int] = ..., dims: _Optional[int] = ..., keypoints: _Optional[bytes] = ..., scores: _Optional[bytes] = ..., descriptors: _Optional[bytes] = ..., image_width: _Optional[int] = ..., image_height: _Optional[int] = ...) -> None: ...
+    group_sizes: _containers.RepeatedScalarFieldContainer[int]
+    rotations: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, feature_type: _Optional[str] = ..., count: _Optional[int] = ..., dims: _Optional[int] = ..., keypoints: _Optional[bytes] = ..., scores: _Optional[bytes] = ..., descriptors: _Optional[bytes] = ..., image_width: _Optional[int] = ..., image_height: _Optional[int] = ..., group_sizes: _Optional[_Iterable[int]] = ..., rotations: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ItemMetadata(_message.Message):
     __slots__ = ("label", "attributes")

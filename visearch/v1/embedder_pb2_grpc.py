@@ -50,6 +50,11 @@ class EmbedderStub:
                 request_serializer=visearch_dot_v1_dot_embedder__pb2.EmbedderStatsRequest.SerializeToString,
                 response_deserializer=visearch_dot_v1_dot_embedder__pb2.EmbedderStatsResponse.FromString,
                 _registered_method=True)
+        self.ExtractTexture = channel.unary_unary(
+                '/visearch.v1.Embedder/ExtractTexture',
+                request_serializer=visearch_dot_v1_dot_embedder__pb2.ExtractTextureRequest.SerializeToString,
+                response_deserializer=visearch_dot_v1_dot_embedder__pb2.ExtractTextureResponse.FromString,
+                _registered_method=True)
 
 
 class EmbedderServicer:
@@ -76,6 +81,13 @@ class EmbedderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExtractTexture(self, request, context):
+        """Texture descriptors (concatenated uniform-LBP histograms), one per image.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EmbedderServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -93,6 +105,11 @@ def add_EmbedderServicer_to_server(servicer, server):
                     servicer.Stats,
                     request_deserializer=visearch_dot_v1_dot_embedder__pb2.EmbedderStatsRequest.FromString,
                     response_serializer=visearch_dot_v1_dot_embedder__pb2.EmbedderStatsResponse.SerializeToString,
+            ),
+            'ExtractTexture': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExtractTexture,
+                    request_deserializer=visearch_dot_v1_dot_embedder__pb2.ExtractTextureRequest.FromString,
+                    response_serializer=visearch_dot_v1_dot_embedder__pb2.ExtractTextureResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -177,6 +194,33 @@ class Embedder:
             '/visearch.v1.Embedder/Stats',
             visearch_dot_v1_dot_embedder__pb2.EmbedderStatsRequest.SerializeToString,
             visearch_dot_v1_dot_embedder__pb2.EmbedderStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExtractTexture(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/visearch.v1.Embedder/ExtractTexture',
+            visearch_dot_v1_dot_embedder__pb2.ExtractTextureRequest.SerializeToString,
+            visearch_dot_v1_dot_embedder__pb2.ExtractTextureResponse.FromString,
             options,
             channel_credentials,
             insecure,

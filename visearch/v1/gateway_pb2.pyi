@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Collection(_message.Message):
-    __slots__ = ("name", "model_version", "shards", "default_rerank", "local_feature_type", "rerank_depth", "index_params")
+    __slots__ = ("name", "model_version", "shards", "default_rerank", "local_feature_type", "rerank_depth", "index_params", "target_shards", "generation", "pending_model_version")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     SHARDS_FIELD_NUMBER: _ClassVar[int]
@@ -16,6 +16,9 @@ class Collection(_message.Message):
     LOCAL_FEATURE_TYPE_FIELD_NUMBER: _ClassVar[int]
     RERANK_DEPTH_FIELD_NUMBER: _ClassVar[int]
     INDEX_PARAMS_FIELD_NUMBER: _ClassVar[int]
+    TARGET_SHARDS_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    PENDING_MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     name: str
     model_version: str
     shards: int
@@ -23,7 +26,10 @@ class Collection(_message.Message):
     local_feature_type: str
     rerank_depth: int
     index_params: _common_pb2.IndexParams
-    def __init__(self, name: _Optional[str] = ..., model_version: _Optional[str] = ..., shards: _Optional[int] = ..., default_rerank: _Optional[_Union[_common_pb2.RerankMode, str]] = ..., local_feature_type: _Optional[str] = ..., rerank_depth: _Optional[int] = ..., index_params: _Optional[_Union[_common_pb2.IndexParams, _Mapping]] = ...) -> None: ...
+    target_shards: int
+    generation: int
+    pending_model_version: str
+    def __init__(self, name: _Optional[str] = ..., model_version: _Optional[str] = ..., shards: _Optional[int] = ..., default_rerank: _Optional[_Union[_common_pb2.RerankMode, str]] = ..., local_feature_type: _Optional[str] = ..., rerank_depth: _Optional[int] = ..., index_params: _Optional[_Union[_common_pb2.IndexParams, _Mapping]] = ..., target_shards: _Optional[int] = ..., generation: _Optional[int] = ..., pending_model_version: _Optional[str] = ...) -> None: ...
 
 class CreateCollectionRequest(_message.Message):
     __slots__ = ("name", "default_rerank", "local_feature_type", "rerank_depth", "index_params")
@@ -87,23 +93,25 @@ class IngestResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[IngestResult, _Mapping]]] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "image", "k", "rerank", "require_complete", "filter")
+    __slots__ = ("collection", "image", "k", "rerank", "require_complete", "filter", "return_matches")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     RERANK_FIELD_NUMBER: _ClassVar[int]
     REQUIRE_COMPLETE_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
+    RETURN_MATCHES_FIELD_NUMBER: _ClassVar[int]
     collection: str
     image: _common_pb2.Image
     k: int
     rerank: _common_pb2.RerankMode
     require_complete: bool
     filter: _common_pb2.Filter
-    def __init__(self, collection: _Optional[str] = ..., image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., k: _Optional[int] = ..., rerank: _Optional[_Union[_common_pb2.RerankMode, str]] = ..., require_complete: _Optional[bool] = ..., filter: _Optional[_Union[_common_pb2.Filter, _Mapping]] = ...) -> None: ...
+    return_matches: bool
+    def __init__(self, collection: _Optional[str] = ..., image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., k: _Optional[int] = ..., rerank: _Optional[_Union[_common_pb2.RerankMode, str]] = ..., require_complete: _Optional[bool] = ..., filter: _Optional[_Union[_common_pb2.Filter, _Mapping]] = ..., return_matches: _Optional[bool] = ...) -> None: ...
 
 class SearchHit(_message.Message):
-    __slots__ = ("id", "score", "label", "attributes", "global_score", "inliers", "reason", "sha256")
+    __slots__ = ("id", "score", "label", "attributes", "global_score", "inliers", "reason", "sha256", "matches", "inlier_ratio", "predicted_label", "label_margin", "inlier_keypoints")
     class AttributesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -119,6 +127,11 @@ class SearchHit(_message.Message):
     INLIERS_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
+    MATCHES_FIELD_NUMBER: _ClassVar[int]
+    INLIER_RATIO_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_LABEL_FIELD_NUMBER: _ClassVar[int]
+    LABEL_MARGIN_FIELD_NUMBER: _ClassVar[int]
+    INLIER_KEYPOINTS_FIELD_NUMBER: _ClassVar[int]
     id: str
     score: float
     label: str
@@ -127,7 +140,12 @@ class SearchHit(_message.Message):
     inliers: int
     reason: str
     sha256: str
-    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., label: _Optional[str] = ..., attributes: _Optional[_Mapping[str, str]] = ..., global_score: _Optional[float] = ..., inliers: _Optional[int] = ..., reason: _Optional[str] = ..., sha256: _Optional[str] = ...) -> None: ...
+    matches: int
+    inlier_ratio: float
+    predicted_label: str
+    label_margin: float
+    inlier_keypoints: bytes
+    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., label: _Optional[str] = ..., attributes: _Optional[_Mapping[str, str]] = ..., global_score: _Optional[float] = ..., inliers: _Optional[int] = ..., reason: _Optional[str] = ..., sha256: _Optional[str] = ..., matches: _Optional[int] = ..., inlier_ratio: _Optional[float] = ..., predicted_label: _Optional[str] = ..., label_margin: _Optional[float] = ..., inlier_keypoints: _Optional[bytes] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
     __slots__ = ("hits", "partial", "missing_shards", "timings_ms", "model_version")
@@ -199,6 +217,16 @@ class ImageRecord(_message.Message):
     ingested_at: float
     def __init__(self, id: _Optional[str] = ..., sha256: _Optional[str] = ..., label: _Optional[str] = ..., attributes: _Optional[_Mapping[str, str]] = ..., model_version: _Optional[str] = ..., shard: _Optional[int] = ..., ingested_at: _Optional[float] = ...) -> None: ...
 
+class ImageData(_message.Message):
+    __slots__ = ("id", "sha256", "data")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    sha256: str
+    data: bytes
+    def __init__(self, id: _Optional[str] = ..., sha256: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
+
 class StatsRequest(_message.Message):
     __slots__ = ("collection",)
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
@@ -226,3 +254,85 @@ class StatsResponse(_message.Message):
     images: int
     shards: _containers.RepeatedCompositeFieldContainer[ShardStats]
     def __init__(self, collection: _Optional[_Union[Collection, _Mapping]] = ..., images: _Optional[int] = ..., shards: _Optional[_Iterable[_Union[ShardStats, _Mapping]]] = ...) -> None: ...
+
+class ReembedRequest(_message.Message):
+    __slots__ = ("collection", "model_version", "batch_size", "max_images_per_second", "drop_grace_seconds")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MAX_IMAGES_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    DROP_GRACE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    model_version: str
+    batch_size: int
+    max_images_per_second: float
+    drop_grace_seconds: float
+    def __init__(self, collection: _Optional[str] = ..., model_version: _Optional[str] = ..., batch_size: _Optional[int] = ..., max_images_per_second: _Optional[float] = ..., drop_grace_seconds: _Optional[float] = ...) -> None: ...
+
+class ReembedProgress(_message.Message):
+    __slots__ = ("collection", "model_version", "previous_model_version", "phase", "generation", "total", "done", "batches_total", "batches_done", "batches_skipped")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    BATCHES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    BATCHES_DONE_FIELD_NUMBER: _ClassVar[int]
+    BATCHES_SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    model_version: str
+    previous_model_version: str
+    phase: str
+    generation: int
+    total: int
+    done: int
+    batches_total: int
+    batches_done: int
+    batches_skipped: int
+    def __init__(self, collection: _Optional[str] = ..., model_version: _Optional[str] = ..., previous_model_version: _Optional[str] = ..., phase: _Optional[str] = ..., generation: _Optional[int] = ..., total: _Optional[int] = ..., done: _Optional[int] = ..., batches_total: _Optional[int] = ..., batches_done: _Optional[int] = ..., batches_skipped: _Optional[int] = ...) -> None: ...
+
+class ReshardRequest(_message.Message):
+    __slots__ = ("collection", "shards")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    shards: int
+    def __init__(self, collection: _Optional[str] = ..., shards: _Optional[int] = ...) -> None: ...
+
+class GetReshardStatusRequest(_message.Message):
+    __slots__ = ("collection",)
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    def __init__(self, collection: _Optional[str] = ...) -> None: ...
+
+class ReshardStatus(_message.Message):
+    __slots__ = ("collection", "from_shards", "to_shards", "phase", "running", "scanned", "total", "copied", "skipped", "removed", "error", "started_at", "updated_at")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    FROM_SHARDS_FIELD_NUMBER: _ClassVar[int]
+    TO_SHARDS_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    SCANNED_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    COPIED_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    from_shards: int
+    to_shards: int
+    phase: str
+    running: bool
+    scanned: int
+    total: int
+    copied: int
+    skipped: int
+    removed: int
+    error: str
+    started_at: float
+    updated_at: float
+    def __init__(self, collection: _Optional[str] = ..., from_shards: _Optional[int] = ..., to_shards: _Optional[int] = ..., phase: _Optional[str] = ..., running: _Optional[bool] = ..., scanned: _Optional[int] = ..., total: _Optional[int] = ..., copied: _Optional[int] = ..., skipped: _Optional[int] = ..., removed: _Optional[int] = ..., error: _Optional[str] = ..., started_at: _Optional[float] = ..., updated_at: _Optional[float] = ...) -> None: ...

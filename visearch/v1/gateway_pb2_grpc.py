@@ -65,6 +65,26 @@ class GatewayStub:
                 request_serializer=visearch_dot_v1_dot_gateway__pb2.StatsRequest.SerializeToString,
                 response_deserializer=visearch_dot_v1_dot_gateway__pb2.StatsResponse.FromString,
                 _registered_method=True)
+        self.Reshard = channel.unary_unary(
+                '/visearch.v1.Gateway/Reshard',
+                request_serializer=visearch_dot_v1_dot_gateway__pb2.ReshardRequest.SerializeToString,
+                response_deserializer=visearch_dot_v1_dot_gateway__pb2.ReshardStatus.FromString,
+                _registered_method=True)
+        self.GetReshardStatus = channel.unary_unary(
+                '/visearch.v1.Gateway/GetReshardStatus',
+                request_serializer=visearch_dot_v1_dot_gateway__pb2.GetReshardStatusRequest.SerializeToString,
+                response_deserializer=visearch_dot_v1_dot_gateway__pb2.ReshardStatus.FromString,
+                _registered_method=True)
+        self.Reembed = channel.unary_stream(
+                '/visearch.v1.Gateway/Reembed',
+                request_serializer=visearch_dot_v1_dot_gateway__pb2.ReembedRequest.SerializeToString,
+                response_deserializer=visearch_dot_v1_dot_gateway__pb2.ReembedProgress.FromString,
+                _registered_method=True)
+        self.GetImage = channel.unary_unary(
+                '/visearch.v1.Gateway/GetImage',
+                request_serializer=visearch_dot_v1_dot_gateway__pb2.GetRequest.SerializeToString,
+                response_deserializer=visearch_dot_v1_dot_gateway__pb2.ImageData.FromString,
+                _registered_method=True)
 
 
 class GatewayServicer:
@@ -108,6 +128,36 @@ class GatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Reshard(self, request, context):
+        """Starts (or resumes) moving a collection to another shard count; returns at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetReshardStatus(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Reembed(self, request, context):
+        """Re-embeds every image of a collection with another model version into a new
+        generation beside the live one, then switches the collection to it in one step
+        and drops the old generation. Streams progress; resumable: running it again after
+        a crash or a cancelled stream continues from its checkpoint.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetImage(self, request, context):
+        """The original bytes of an ingested image (for showing results).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -140,6 +190,26 @@ def add_GatewayServicer_to_server(servicer, server):
                     servicer.Stats,
                     request_deserializer=visearch_dot_v1_dot_gateway__pb2.StatsRequest.FromString,
                     response_serializer=visearch_dot_v1_dot_gateway__pb2.StatsResponse.SerializeToString,
+            ),
+            'Reshard': grpc.unary_unary_rpc_method_handler(
+                    servicer.Reshard,
+                    request_deserializer=visearch_dot_v1_dot_gateway__pb2.ReshardRequest.FromString,
+                    response_serializer=visearch_dot_v1_dot_gateway__pb2.ReshardStatus.SerializeToString,
+            ),
+            'GetReshardStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetReshardStatus,
+                    request_deserializer=visearch_dot_v1_dot_gateway__pb2.GetReshardStatusRequest.FromString,
+                    response_serializer=visearch_dot_v1_dot_gateway__pb2.ReshardStatus.SerializeToString,
+            ),
+            'Reembed': grpc.unary_stream_rpc_method_handler(
+                    servicer.Reembed,
+                    request_deserializer=visearch_dot_v1_dot_gateway__pb2.ReembedRequest.FromString,
+                    response_serializer=visearch_dot_v1_dot_gateway__pb2.ReembedProgress.SerializeToString,
+            ),
+            'GetImage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetImage,
+                    request_deserializer=visearch_dot_v1_dot_gateway__pb2.GetRequest.FromString,
+                    response_serializer=visearch_dot_v1_dot_gateway__pb2.ImageData.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -305,6 +375,114 @@ class Gateway:
             '/visearch.v1.Gateway/Stats',
             visearch_dot_v1_dot_gateway__pb2.StatsRequest.SerializeToString,
             visearch_dot_v1_dot_gateway__pb2.StatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reshard(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/visearch.v1.Gateway/Reshard',
+            visearch_dot_v1_dot_gateway__pb2.ReshardRequest.SerializeToString,
+            visearch_dot_v1_dot_gateway__pb2.ReshardStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetReshardStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/visearch.v1.Gateway/GetReshardStatus',
+            visearch_dot_v1_dot_gateway__pb2.GetReshardStatusRequest.SerializeToString,
+            visearch_dot_v1_dot_gateway__pb2.ReshardStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reembed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/visearch.v1.Gateway/Reembed',
+            visearch_dot_v1_dot_gateway__pb2.ReembedRequest.SerializeToString,
+            visearch_dot_v1_dot_gateway__pb2.ReembedProgress.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetImage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/visearch.v1.Gateway/GetImage',
+            visearch_dot_v1_dot_gateway__pb2.GetRequest.SerializeToString,
+            visearch_dot_v1_dot_gateway__pb2.ImageData.FromString,
             options,
             channel_credentials,
             insecure,

@@ -7,6 +7,60 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class DropCollectionRequest(_message.Message):
+    __slots__ = ("collection",)
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    def __init__(self, collection: _Optional[str] = ...) -> None: ...
+
+class DropCollectionResponse(_message.Message):
+    __slots__ = ("dropped",)
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    dropped: int
+    def __init__(self, dropped: _Optional[int] = ...) -> None: ...
+
+class FetchRequest(_message.Message):
+    __slots__ = ("collection", "page_token", "limit", "moved_under_shards", "ids_only")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    MOVED_UNDER_SHARDS_FIELD_NUMBER: _ClassVar[int]
+    IDS_ONLY_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    page_token: str
+    limit: int
+    moved_under_shards: int
+    ids_only: bool
+    def __init__(self, collection: _Optional[str] = ..., page_token: _Optional[str] = ..., limit: _Optional[int] = ..., moved_under_shards: _Optional[int] = ..., ids_only: _Optional[bool] = ...) -> None: ...
+
+class FetchResponse(_message.Message):
+    __slots__ = ("ids", "vectors", "metadata", "next_page_token", "scanned", "size")
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    VECTORS_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    SCANNED_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    vectors: _containers.RepeatedCompositeFieldContainer[_common_pb2.Vector]
+    metadata: _containers.RepeatedCompositeFieldContainer[_common_pb2.ItemMetadata]
+    next_page_token: str
+    scanned: int
+    size: int
+    def __init__(self, ids: _Optional[_Iterable[str]] = ..., vectors: _Optional[_Iterable[_Union[_common_pb2.Vector, _Mapping]]] = ..., metadata: _Optional[_Iterable[_Union[_common_pb2.ItemMetadata, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., scanned: _Optional[int] = ..., size: _Optional[int] = ...) -> None: ...
+
+class ClearTombstonesRequest(_message.Message):
+    __slots__ = ("collection",)
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    def __init__(self, collection: _Optional[str] = ...) -> None: ...
+
+class ClearTombstonesResponse(_message.Message):
+    __slots__ = ("cleared",)
+    CLEARED_FIELD_NUMBER: _ClassVar[int]
+    cleared: int
+    def __init__(self, cleared: _Optional[int] = ...) -> None: ...
+
 class SnapshotRequest(_message.Message):
     __slots__ = ("collection",)
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
@@ -27,18 +81,20 @@ class SnapshotResponse(_message.Message):
     def __init__(self, covered_seq: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class UpsertRequest(_message.Message):
-    __slots__ = ("collection", "ids", "vectors", "metadata", "params")
+    __slots__ = ("collection", "ids", "vectors", "metadata", "params", "only_if_absent")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     IDS_FIELD_NUMBER: _ClassVar[int]
     VECTORS_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
+    ONLY_IF_ABSENT_FIELD_NUMBER: _ClassVar[int]
     collection: str
     ids: _containers.RepeatedScalarFieldContainer[str]
     vectors: _containers.RepeatedCompositeFieldContainer[_common_pb2.Vector]
     metadata: _containers.RepeatedCompositeFieldContainer[_common_pb2.ItemMetadata]
     params: _common_pb2.IndexParams
-    def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., vectors: _Optional[_Iterable[_Union[_common_pb2.Vector, _Mapping]]] = ..., metadata: _Optional[_Iterable[_Union[_common_pb2.ItemMetadata, _Mapping]]] = ..., params: _Optional[_Union[_common_pb2.IndexParams, _Mapping]] = ...) -> None: ...
+    only_if_absent: bool
+    def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., vectors: _Optional[_Iterable[_Union[_common_pb2.Vector, _Mapping]]] = ..., metadata: _Optional[_Iterable[_Union[_common_pb2.ItemMetadata, _Mapping]]] = ..., params: _Optional[_Union[_common_pb2.IndexParams, _Mapping]] = ..., only_if_absent: _Optional[bool] = ...) -> None: ...
 
 class UpsertResponse(_message.Message):
     __slots__ = ("upserted", "size")
@@ -49,12 +105,14 @@ class UpsertResponse(_message.Message):
     def __init__(self, upserted: _Optional[int] = ..., size: _Optional[int] = ...) -> None: ...
 
 class IndexDeleteRequest(_message.Message):
-    __slots__ = ("collection", "ids")
+    __slots__ = ("collection", "ids", "tombstone")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     IDS_FIELD_NUMBER: _ClassVar[int]
+    TOMBSTONE_FIELD_NUMBER: _ClassVar[int]
     collection: str
     ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    tombstone: bool
+    def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., tombstone: _Optional[bool] = ...) -> None: ...
 
 class IndexDeleteResponse(_message.Message):
     __slots__ = ("deleted", "size")

@@ -60,6 +60,21 @@ class IndexerStub:
                 request_serializer=visearch_dot_v1_dot_indexer__pb2.SnapshotRequest.SerializeToString,
                 response_deserializer=visearch_dot_v1_dot_indexer__pb2.SnapshotResponse.FromString,
                 _registered_method=True)
+        self.Fetch = channel.unary_unary(
+                '/visearch.v1.Indexer/Fetch',
+                request_serializer=visearch_dot_v1_dot_indexer__pb2.FetchRequest.SerializeToString,
+                response_deserializer=visearch_dot_v1_dot_indexer__pb2.FetchResponse.FromString,
+                _registered_method=True)
+        self.ClearTombstones = channel.unary_unary(
+                '/visearch.v1.Indexer/ClearTombstones',
+                request_serializer=visearch_dot_v1_dot_indexer__pb2.ClearTombstonesRequest.SerializeToString,
+                response_deserializer=visearch_dot_v1_dot_indexer__pb2.ClearTombstonesResponse.FromString,
+                _registered_method=True)
+        self.DropCollection = channel.unary_unary(
+                '/visearch.v1.Indexer/DropCollection',
+                request_serializer=visearch_dot_v1_dot_indexer__pb2.DropCollectionRequest.SerializeToString,
+                response_deserializer=visearch_dot_v1_dot_indexer__pb2.DropCollectionResponse.FromString,
+                _registered_method=True)
 
 
 class IndexerServicer:
@@ -97,6 +112,28 @@ class IndexerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Fetch(self, request, context):
+        """Pages through a collection's entries (resharding copies and cleans with it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClearTombstones(self, request, context):
+        """Forgets the tombstones that deletes with `tombstone` left (end of a reshard).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DropCollection(self, request, context):
+        """Forgets a collection (index, log, snapshots) durably: a restart does not bring it
+        back. Unknown collections drop nothing. Used for a re-embed's old generation.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IndexerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -124,6 +161,21 @@ def add_IndexerServicer_to_server(servicer, server):
                     servicer.Snapshot,
                     request_deserializer=visearch_dot_v1_dot_indexer__pb2.SnapshotRequest.FromString,
                     response_serializer=visearch_dot_v1_dot_indexer__pb2.SnapshotResponse.SerializeToString,
+            ),
+            'Fetch': grpc.unary_unary_rpc_method_handler(
+                    servicer.Fetch,
+                    request_deserializer=visearch_dot_v1_dot_indexer__pb2.FetchRequest.FromString,
+                    response_serializer=visearch_dot_v1_dot_indexer__pb2.FetchResponse.SerializeToString,
+            ),
+            'ClearTombstones': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClearTombstones,
+                    request_deserializer=visearch_dot_v1_dot_indexer__pb2.ClearTombstonesRequest.FromString,
+                    response_serializer=visearch_dot_v1_dot_indexer__pb2.ClearTombstonesResponse.SerializeToString,
+            ),
+            'DropCollection': grpc.unary_unary_rpc_method_handler(
+                    servicer.DropCollection,
+                    request_deserializer=visearch_dot_v1_dot_indexer__pb2.DropCollectionRequest.FromString,
+                    response_serializer=visearch_dot_v1_dot_indexer__pb2.DropCollectionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -262,6 +314,87 @@ class Indexer:
             '/visearch.v1.Indexer/Snapshot',
             visearch_dot_v1_dot_indexer__pb2.SnapshotRequest.SerializeToString,
             visearch_dot_v1_dot_indexer__pb2.SnapshotResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Fetch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/visearch.v1.Indexer/Fetch',
+            visearch_dot_v1_dot_indexer__pb2.FetchRequest.SerializeToString,
+            visearch_dot_v1_dot_indexer__pb2.FetchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClearTombstones(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/visearch.v1.Indexer/ClearTombstones',
+            visearch_dot_v1_dot_indexer__pb2.ClearTombstonesRequest.SerializeToString,
+            visearch_dot_v1_dot_indexer__pb2.ClearTombstonesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DropCollection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/visearch.v1.Indexer/DropCollection',
+            visearch_dot_v1_dot_indexer__pb2.DropCollectionRequest.SerializeToString,
+            visearch_dot_v1_dot_indexer__pb2.DropCollectionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from visearch.v1 import common_pb2 as visearch_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1avisearch/v1/verifier.proto\x12\x0bvisearch.v1\x1a\x18visearch/v1/common.proto\"C\n\x0fRerankCandidate\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x14\n\x0cglobal_score\x18\x03 \x01(\x02\"\x93\x01\n\rRerankRequest\x12)\n\x05query\x18\x01 \x01(\x0b\x32\x1a.visearch.v1.LocalFeatures\x12\x30\n\ncandidates\x18\x02 \x03(\x0b\x32\x1c.visearch.v1.RerankCandidate\x12%\n\x04mode\x18\x03 \x01(\x0e\x32\x17.visearch.v1.RerankMode\"\x8c\x01\n\x11RerankedCandidate\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x14\n\x0cglobal_score\x18\x03 \x01(\x02\x12\x0f\n\x07inliers\x18\x04 \x01(\x05\x12\x0f\n\x07matches\x18\x05 \x01(\x05\x12\x14\n\x0cinlier_ratio\x18\x06 \x01(\x02\x12\x0e\n\x06reason\x18\x07 \x01(\t\"D\n\x0eRerankResponse\x12\x32\n\ncandidates\x18\x01 \x03(\x0b\x32\x1e.visearch.v1.RerankedCandidate2M\n\x08Verifier\x12\x41\n\x06Rerank\x12\x1a.visearch.v1.RerankRequest\x1a\x1b.visearch.v1.RerankResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1avisearch/v1/verifier.proto\x12\x0bvisearch.v1\x1a\x18visearch/v1/common.proto\"R\n\x0fRerankCandidate\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x14\n\x0cglobal_score\x18\x03 \x01(\x02\x12\r\n\x05label\x18( \x01(\t\"\x83\x02\n\rRerankRequest\x12)\n\x05query\x18\x01 \x01(\x0b\x32\x1a.visearch.v1.LocalFeatures\x12\x30\n\ncandidates\x18\x02 \x03(\x0b\x32\x1c.visearch.v1.RerankCandidate\x12%\n\x04mode\x18\x03 \x01(\x0e\x32\x17.visearch.v1.RerankMode\x12*\n\rquery_texture\x18( \x01(\x0b\x32\x13.visearch.v1.Vector\x12\x16\n\x0ereturn_matches\x18) \x01(\x08\x12\x14\n\x0cquery_sha256\x18* \x01(\t\x12\x14\n\x0ctexture_type\x18+ \x01(\t\"\xd5\x01\n\x11RerankedCandidate\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x14\n\x0cglobal_score\x18\x03 \x01(\x02\x12\x0f\n\x07inliers\x18\x04 \x01(\x05\x12\x0f\n\x07matches\x18\x05 \x01(\x05\x12\x14\n\x0cinlier_ratio\x18\x06 \x01(\x02\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x17\n\x0fpredicted_label\x18( \x01(\t\x12\x14\n\x0clabel_margin\x18) \x01(\x02\x12\x18\n\x10inlier_keypoints\x18* \x01(\x0c\"D\n\x0eRerankResponse\x12\x32\n\ncandidates\x18\x01 \x03(\x0b\x32\x1e.visearch.v1.RerankedCandidate2M\n\x08Verifier\x12\x41\n\x06Rerank\x12\x1a.visearch.v1.RerankRequest\x1a\x1b.visearch.v1.RerankResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,13 +33,13 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'visearch.v1.verifier_pb2', 
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RERANKCANDIDATE']._serialized_start=69
-  _globals['_RERANKCANDIDATE']._serialized_end=136
-  _globals['_RERANKREQUEST']._serialized_start=139
-  _globals['_RERANKREQUEST']._serialized_end=286
-  _globals['_RERANKEDCANDIDATE']._serialized_start=289
-  _globals['_RERANKEDCANDIDATE']._serialized_end=429
-  _globals['_RERANKRESPONSE']._serialized_start=431
-  _globals['_RERANKRESPONSE']._serialized_end=499
-  _globals['_VERIFIER']._serialized_start=501
-  _globals['_VERIFIER']._serialized_end=578
+  _globals['_RERANKCANDIDATE']._serialized_end=151
+  _globals['_RERANKREQUEST']._serialized_start=154
+  _globals['_RERANKREQUEST']._serialized_end=413
+  _globals['_RERANKEDCANDIDATE']._serialized_start=416
+  _globals['_RERANKEDCANDIDATE']._serialized_end=629
+  _globals['_RERANKRESPONSE']._serialized_start=631
+  _globals['_RERANKRESPONSE']._serialized_end=699
+  _globals['_VERIFIER']._serialized_start=701
+  _globals['_VERIFIER']._serialized_end=778
 # @@protoc_insertion_point(module_scope)

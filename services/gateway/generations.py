@@ -1,0 +1,92 @@
+"""Writes to every generation of a collection while a re-embed runs.
+
+A collection's vectors live on the shards under `config.index_name`; a re-embed
+(services/gateway/reembed.py) builds the next generation under the pending
+name, embedded with the pending model version. Why ingests are written to both
+generations during the job rather than caught up afterwards: the job works from
+a list of ids taken after the pending generation was published, so an ingest
+either committed before that list was taken (the job embeds it) or commits
+after, and then its re-read of the config (below) finds the pending generation
+and writes the item there too. A catch-up pass would instead need a change log
+and a second window in which new writes could slip between catch-up and switch.
+
+Deletes go to every generation the same way. The write to the pending
+generation costs an ingest one more embedding while the job runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from services.common.index_types import IndexOverrides, ItemMeta
+from services.common.metadata import CollectionConfig, MetadataStore
+from services.gateway.ports import EmbedderPort, IngestItem, ShardPort
+from services.gateway.routing import delete_routed, upsert_routed
+
+
+def overrides_of(config: CollectionConfig) -> IndexOverrides:
+    return IndexOverrides(
+        config.exact_threshold, config.num_leaves, config.leaves_to_search, config.reorder
+    )
+
+
+class GenerationWriter:
+    """Upserts / deletes in the generations of a collection a request has not reached yet."""
+
+    def __init__(
+        self,
+        pool: ThreadPoolExecutor,
+        embedder: EmbedderPort,
+        shards: list[ShardPort],
+        metadata: MetadataStore,
+    ) -> None:
+        self._pool = pool
+        self._embedder = embedder
+        self._shards = shards
+        self._metadata = metadata
+
+    def latest_views(self, collection: str) -> list[CollectionConfig]:
+        """The generations a write must reach according to the config as it is now."""
+        latest = self._metadata.get_collection(collection)
+        return [] if latest is None else latest.generation_views()
+
+    def upsert(
+        self,
+        views: list[CollectionConfig],
+        written: set[str],
+        items: list[IngestItem],
+        images: list[bytes],
+        remaining: Callable[[], float],
+    ) -> None:
+        """Embeds `images` with each view's model version and upserts them into each view's
+        namespace not in `written` (which is updated)."""
+        for view in views:
+            if view.index_name in written:
+                continue
+            embedded = self._embedder.embed_global(images, remaining(), view.model_version)
+            upsert_routed(
+                self._pool,
+                self._shards,
+                self._metadata,
+                view,
+                [item.id for item in items],
+                embedded.vectors,
+                [ItemMeta(item.label, dict(item.attributes)) for item in items],
+                overrides_of(view),
+                remaining,
+            )
+            written.add(view.index_name)
+
+    def delete(
+        self,
+        views: list[CollectionConfig],
+        done: set[str],
+        ids: list[str],
+        remaining: Callable[[], float],
+    ) -> None:
+        for view in views:
+            if view.index_name in done:
+                continue
+            delete_routed(self._pool, self._shards, self._metadata, view, ids, remaining)
+            done.add(view.index_name)

@@ -1,0 +1,256 @@
+"""Build the DELF-style local model: train attention, export ONNX, learn the PCA, write manifest.
+
+Produces ``<out>/local/<version>/model.onnx`` and ``manifest.json`` (the PCA whitening lives in
+the manifest, so the model registry publishes and fetches it with the version). Training data:
+UKBench groups 0-174 (``TRAIN_GROUPS``) of ``<datasets>/ukbench1000``; groups 175-249 are
+never seen, so evaluations on them stay honest. When that folder is missing the build is
+skipped with a message (the embedder then serves RootSIFT only).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import cv2
+import numpy as np
+
+from services.embedder.delf import (
+    DEFAULT_BASE_SIDE,
+    DEFAULT_MAX_SIDE,
+    DEFAULT_MIN_SIDE,
+    DEFAULT_SCALES,
+    DelfExtractor,
+    DelfSettings,
+    PcaWhitening,
+    ScaleRunner,
+)
+from services.models.weights import WEIGHTS_SHA256, ensure_mobilenet_v2_weights, sha256_file
+
+MODEL_NAME = "delf-mobilenetv2"
+# Bump when anything that changes stored descriptors changes (layer, head, training, PCA).
+VERSION = "delf-mobilenetv2-v1"
+TRAIN_GROUPS = range(0, 175)
+PCA_IMAGES = 120  # training images whose attention-selected features fit the PCA
+PCA_FEATURES_PER_IMAGE = 500
+HEAD_FILENAME = "attention_head.npz"
+INPUT_NAME = "images"
+OUTPUTS = ("features", "attention")
+VERIFY_ATOL = 1e-3  # features reach ~30 in magnitude; relative error stays ~1e-5
+# Copies of constants of torch-importing modules (this one stays light to import, so that an
+# up-to-date check costs no torch import); test_delf_model checks they agree.
+FEATURE_CHANNELS = 96  # services.models.delf.FEATURE_CHANNELS
+PCA_DIMS = 40  # services.models.delf.PCA_DIMS
+STRIDE = 16  # services.models.delf.STRIDE
+STRIDE16_END = 14  # services.models.mobilenet_v2.STRIDE16_END
+OPSET = 17  # services.models.export.OPSET
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+if TYPE_CHECKING:
+    import torch
+
+    from services.models.delf import DelfLocalModel
+
+DEFAULT_DATASETS = Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
+
+
+def training_set(datasets: Path) -> tuple[list[Path], list[int]] | None:
+    """(image paths, labels 0..174) of UKBench groups 0-174, or None when absent."""
+    ground_truth = datasets / "ukbench1000" / "groundtruth.csv"
+    if not ground_truth.is_file():
+        return None
+    with ground_truth.open(newline="", encoding="utf-8") as handle:
+        rows = [r for r in csv.DictReader(handle) if int(r["group"]) in TRAIN_GROUPS]
+    paths = [ground_truth.parent / "images" / r["filename"] for r in rows]
+    return paths, [int(r["group"]) for r in rows]
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise FileNotFoundError(f"cannot read training image {path}")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def export_onnx(model: DelfLocalModel, path: Path) -> None:
+    """ONNX: ``images`` [1,3,H,W] float32 (H, W dynamic) → ``features``, ``attention``."""
+    import torch
+
+    dummy = torch.zeros(1, 3, 224, 320, dtype=torch.float32)
+    axes = {0: "batch", 2: "height", 3: "width"}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            model.eval(),
+            (dummy,),
+            str(path),
+            input_names=[INPUT_NAME],
+            output_names=list(OUTPUTS),
+            dynamic_axes={INPUT_NAME: axes, OUTPUTS[0]: axes, OUTPUTS[1]: axes},
+            opset_version=OPSET,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+
+
+def onnx_runner(path: Path) -> ScaleRunner:
+    """A per-scale runner on an ONNX file (CPU): [1,3,H,W] → (features, attention)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def run(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        features, attention = session.run(list(OUTPUTS), {INPUT_NAME: batch})
+        return features, attention
+
+    return run
+
+
+def verify_onnx(model: DelfLocalModel, path: Path, image: np.ndarray) -> float:
+    """Max abs difference ONNX Runtime vs torch on a real image at three sizes."""
+    import onnxruntime as ort
+    import torch
+
+    from services.models.export import ExportError
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    worst = 0.0
+    for w, h in ((320, 240), (173, 229), (512, 384)):
+        x = DelfExtractor.normalise(cv2.resize(image, (w, h)), IMAGENET_MEAN, IMAGENET_STD)
+        got = session.run(list(OUTPUTS), {INPUT_NAME: x})
+        with torch.no_grad():
+            want = [t.numpy() for t in model(torch.from_numpy(x))]
+        for g, t in zip(got, want, strict=True):
+            if g.shape != t.shape:
+                raise ExportError(f"ONNX output shape {g.shape} != torch {t.shape}")
+            worst = max(worst, float(np.abs(g - t).max()))
+    if worst >= VERIFY_ATOL:
+        raise ExportError(f"ONNX local model differs from torch by {worst:.3g}")
+    return worst
+
+
+def save_head(head: torch.nn.Module, path: Path) -> None:
+    """The trained attention head's state dict as .npz (no pickle): rebuilds the torch model
+    the ONNX file was exported from (tests compare the two)."""
+    np.savez(path, **{k: v.detach().numpy() for k, v in head.state_dict().items()})
+
+
+def up_to_date(model_dir: Path) -> dict[str, Any] | None:
+    """The manifest when ``model_dir`` holds a complete build of :data:`VERSION`."""
+    manifest_path, onnx_path = model_dir / "manifest.json", model_dir / "model.onnx"
+    if not (manifest_path.is_file() and onnx_path.is_file()):
+        return None
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or manifest.get("version") != VERSION:
+        return None
+    return manifest if manifest.get("sha256") == sha256_file(onnx_path) else None
+
+
+def build_local(
+    out: Path, datasets: Path = DEFAULT_DATASETS, weights_cache: Path | None = None
+) -> tuple[Path, dict[str, Any] | None, str]:
+    """Build the DELF model under ``out/local/VERSION`` unless up to date.
+
+    Returns (model_dir, manifest or None when skipped, state: "built"/"up to date"/"skipped").
+    """
+    model_dir = out / "local" / VERSION
+    if (manifest := up_to_date(model_dir)) is not None:
+        return model_dir, manifest, "up to date"
+    data = training_set(datasets)
+    if data is None:
+        return model_dir, None, "skipped"
+    paths, groups = data
+    started = time.perf_counter()
+    import torch
+
+    from services.models.delf import (
+        AttentionTraining,
+        DelfLocalModel,
+        NormAttention,
+        feature_maps,
+        learn_pca,
+        train_attention,
+        training_digest,
+    )
+    from services.models.mobilenet_v2 import load_mobilenet_v2
+
+    torch.manual_seed(0)
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    backbone = load_mobilenet_v2(ensure_mobilenet_v2_weights(weights_cache))
+    images = [_read_rgb(p) for p in paths]
+    training = AttentionTraining()
+    labels = [g - TRAIN_GROUPS.start for g in groups]
+    model_dir.mkdir(parents=True, exist_ok=True)
+    tmp_onnx = model_dir / f".model.onnx.{os.getpid()}.tmp"
+    try:
+        # The frozen backbone's maps come from ONNX Runtime (~10x faster than torch on CPU).
+        export_onnx(DelfLocalModel(backbone, NormAttention()).eval(), tmp_onnx)
+        stage_runner = onnx_runner(tmp_onnx)
+        maps = torch.from_numpy(feature_maps(stage_runner, images, training.input_size))
+        head, accuracy = train_attention(maps, [lab for lab in labels for _ in (0, 1)], training)
+        model = DelfLocalModel(backbone, head).eval()
+        export_onnx(model, tmp_onnx)
+        max_diff = verify_onnx(model, tmp_onnx, images[0])
+        identity = PcaWhitening(
+            mean=np.zeros(FEATURE_CHANNELS, np.float32),
+            projection=np.eye(FEATURE_CHANNELS, dtype=np.float32),
+        )
+        sampler = DelfExtractor(onnx_runner(tmp_onnx), identity, DelfSettings())
+        step = max(1, len(images) // PCA_IMAGES)
+        rows = [sampler.extract_upright(im, PCA_FEATURES_PER_IMAGE)[2] for im in images[::step]]
+        pca = learn_pca(np.concatenate(rows), PCA_DIMS)
+        (model_dir / "manifest.json").unlink(missing_ok=True)
+        save_head(head, model_dir / HEAD_FILENAME)
+        os.replace(tmp_onnx, model_dir / "model.onnx")
+    finally:
+        tmp_onnx.unlink(missing_ok=True)
+    manifest = {
+        "name": MODEL_NAME,
+        "version": VERSION,
+        "kind": "local",
+        "feature_type": "delf",
+        "sha256": sha256_file(model_dir / "model.onnx"),
+        "input_name": INPUT_NAME,
+        "output_name": OUTPUTS[0],
+        "output_names": list(OUTPUTS),
+        "input_size": [DEFAULT_BASE_SIDE, DEFAULT_BASE_SIDE],  # nominal: H, W are dynamic
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+        "output_dims": PCA_DIMS,
+        "layer": f"mobilenet_v2.features[:{STRIDE16_END}]",
+        "stride": STRIDE,
+        "pyramid": {
+            "scales": list(DEFAULT_SCALES),
+            "base_side": DEFAULT_BASE_SIDE,
+            "min_side": DEFAULT_MIN_SIDE,
+            "max_side": DEFAULT_MAX_SIDE,
+        },
+        "pca": pca.to_json(),
+        "training": {
+            "data": f"ukbench1000 groups {TRAIN_GROUPS.start}-{TRAIN_GROUPS.stop - 1}",
+            "images": len(paths),
+            "data_digest": training_digest(paths, groups),
+            "steps": training.steps,
+            "seed": training.seed,
+            "train_accuracy_last_50_steps": round(accuracy, 4),
+            "pca_rows": int(sum(len(r) for r in rows)),
+            "onnx_max_abs_diff": max_diff,
+            "seconds": round(time.perf_counter() - started, 1),
+        },
+        "opset": OPSET,
+        "weights_sha256": WEIGHTS_SHA256,
+        "created_by": "services.models.delf_build",
+    }
+    tmp = model_dir / f".manifest.json.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(manifest) + "\n")
+    os.replace(tmp, model_dir / "manifest.json")
+    return model_dir, manifest, "built"

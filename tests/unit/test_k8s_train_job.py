@@ -1,0 +1,56 @@
+"""Static checks of the training Job manifest (deploy/k8s/jobs/train-job.yaml)."""
+
+from __future__ import annotations
+
+import argparse
+
+from tests.unit.test_k8s_manifests import K8S, load_docs, shared_config_literals, visearch_container
+
+JOB = K8S / "jobs" / "train-job.yaml"
+
+
+def job_container() -> tuple[dict, dict]:
+    (job,) = load_docs(JOB)
+    assert job["kind"] == "Job" and job["metadata"]["namespace"] == "visearch"
+    return job, visearch_container(job)
+
+
+def test_train_job_runs_the_training_entry_point_with_options_it_accepts() -> None:
+    from services.training.main import add_training_arguments
+
+    _, container = job_container()
+    assert container["command"] == ["python", "-m", "services.training.main"]
+    parser = argparse.ArgumentParser()
+    add_training_arguments(parser)
+    args = parser.parse_args(container["args"])  # exits (fails) on an unknown option
+    assert args.collection and args.dims > 0
+    assert str(args.cache_dir).startswith("/cache") and str(args.model_cache_dir).startswith(
+        "/cache"
+    )
+
+
+def test_train_job_uses_the_base_image_and_endpoints() -> None:
+    (base,) = load_docs(K8S / "base" / "kustomization.yaml")
+    image = base["images"][0]
+    _, container = job_container()
+    assert container["image"] == f"{image['newName']}:{image['newTag']}"
+    shared = shared_config_literals()
+    env = {e["name"]: e["value"] for e in container["env"]}
+    for name in ("VISEARCH_S3_ENDPOINT", "VISEARCH_REDIS_URL", "VISEARCH_S3_SECURE"):
+        assert env[name] == shared[name], name
+    assert {"secretRef": {"name": "visearch-s3"}} in container["envFrom"]
+
+
+def test_train_job_is_locked_down_bounded_and_writes_only_to_volumes() -> None:
+    job, container = job_container()
+    pod = job["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] == "Never" and job["spec"]["backoffLimit"] <= 2
+    assert job["spec"]["activeDeadlineSeconds"] > 0
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert {"cpu", "memory"} <= set(container["resources"]["limits"])
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["HOME"].startswith("/cache") and {"/cache", "/tmp"} <= mounts

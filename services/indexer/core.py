@@ -23,6 +23,7 @@ from services.indexer.durability import (
     SnapshotStore,
     WriteAheadLog,
 )
+from services.indexer.searcher_files import SerializedSearcher
 from services.indexer.vector_index import Neighbor, VectorIndex
 
 COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -332,7 +333,9 @@ class Shard:
             if snapshot is not None and snapshot.ids:
                 entry = self._collection(name, create_dims=snapshot.vectors.shape[1])
                 entry.index.set_overrides(snapshot.overrides)
-                entry.index.upsert(snapshot.ids, snapshot.vectors, snapshot.metadata)
+                entry.index.load(
+                    snapshot.ids, snapshot.vectors, snapshot.metadata, snapshot.searcher
+                )
                 entry.applied_seq = entry.snapshot_seq = snapshot.seq
             if snapshot is not None and snapshot.tombstones:
                 self._tombstones[name] = set(snapshot.tombstones)
@@ -374,12 +377,14 @@ class Shard:
             seq = entry.applied_seq
             lag = entry.wal_lag_entries
             ids, vectors, metadata = entry.index.export()
+            unchanged = seq == entry.snapshot_seq
+            searcher = None if unchanged else self._export_searcher(collection, entry.index)
             overrides = entry.index.overrides
             tombstones = tuple(self._tombstones.get(collection, ()))
-        if seq == entry.snapshot_seq:
+        if unchanged:
             return seq
         self._snapshots.save(
-            collection, Snapshot(seq, ids, vectors, metadata, overrides, tombstones)
+            collection, Snapshot(seq, ids, vectors, metadata, overrides, tombstones, searcher)
         )
         with entry.write_lock:
             entry.snapshot_seq = seq
@@ -387,6 +392,19 @@ class Shard:
             entry.wal_lag_entries -= lag
         self._wal.trim_before(collection, seq)
         return seq
+
+    @staticmethod
+    def _export_searcher(collection: str, index: VectorIndex) -> SerializedSearcher | None:
+        """The index's ScaNN searcher for a snapshot; a failure only costs a rebuild later."""
+        try:
+            return index.export_searcher()
+        except Exception:
+            log.warning(
+                "could not serialize the ScaNN searcher; snapshot without it",
+                extra={"fields": {"collection": collection}},
+                exc_info=True,
+            )
+            return None
 
     def snapshot_all(self) -> dict[str, str | None]:
         with self._lock:

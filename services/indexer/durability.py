@@ -4,14 +4,17 @@ WAL: stream `wal:<collection>:<shard>`, one entry per Upsert/Delete, written
 before the shard applies it; the stream id is the sequence number. The shard
 registers each collection it logs in the set `walcols:<shard>`.
 Snapshot: `snapshots/<collection>/<shard>/<seq>/vectors.npz` (ids + float32
-vectors as of `seq`), published by setting `snap:<collection>:<shard>`; only
-then is the log trimmed behind `seq`.
+vectors as of `seq`) and, when the shard serves a ScaNN searcher, its serialized
+files under `.../<seq>/scann/` with `.../<seq>/scann.json` (file names, docids,
+build state); published by setting `snap:<collection>:<shard>`; only then is the
+log trimmed behind `seq`.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import logging
 import threading
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -23,6 +26,7 @@ import redis
 from services.common.errors import UnavailableError
 from services.common.index_types import NO_OVERRIDES, IndexOverrides, ItemMeta
 from services.common.objectstore import ObjectStore
+from services.indexer.searcher_files import SerializedSearcher
 
 OP_UPSERT = "upsert"
 OP_DELETE = "delete"
@@ -30,6 +34,7 @@ OP_DELETE = "delete"
 OP_DELETE_TOMBSTONE = "delete-tombstone"
 OP_CLEAR_TOMBSTONES = "clear-tombstones"
 REPLAY_BATCH = 500
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,7 @@ class Snapshot:
     metadata: list[ItemMeta]
     overrides: IndexOverrides = NO_OVERRIDES
     tombstones: tuple[str, ...] = ()
+    searcher: SerializedSearcher | None = None
 
 
 def _metadata_json(metadata: list[ItemMeta] | None) -> str:
@@ -231,11 +237,49 @@ class ObjectSnapshotStore:
             params=np.asarray([_overrides_json(snapshot.overrides)], dtype=str),
             tombstones=np.asarray(sorted(snapshot.tombstones), dtype=str),
         )
-        key = f"{self._bucket}/{collection}/{self._shard}/{snapshot.seq}/vectors.npz"
+        prefix = f"{self._bucket}/{collection}/{self._shard}/{snapshot.seq}"
+        key = f"{prefix}/vectors.npz"
         self._store.put(key, buffer.getvalue())
-        self._redis.set(
-            f"snap:{collection}:{self._shard}", json.dumps({"seq": snapshot.seq, "key": key})
-        )
+        pointer = {"seq": snapshot.seq, "key": key}
+        if snapshot.searcher is not None:
+            pointer["scann"] = self._save_searcher(prefix, snapshot.searcher)
+        self._redis.set(f"snap:{collection}:{self._shard}", json.dumps(pointer))
+
+    def _save_searcher(self, prefix: str, searcher: SerializedSearcher) -> str:
+        """Uploads the searcher's files and their manifest; returns the manifest's key."""
+        for name, data in searcher.files.items():
+            self._store.put(f"{prefix}/scann/{name}", data)
+        manifest = {
+            "files": sorted(searcher.files),
+            "docids": searcher.docids,
+            "built_size": searcher.built_size,
+            "changes_since_build": searcher.changes_since_build,
+            "fresh_ids": searcher.fresh_ids,
+            "sha256": searcher.sha256,
+            "params": searcher.params,
+        }
+        key = f"{prefix}/scann.json"
+        self._store.put(key, json.dumps(manifest).encode())
+        return key
+
+    def _load_searcher(self, manifest_key: str) -> SerializedSearcher | None:
+        """The snapshot's serialized searcher; None (logged) when it cannot be read."""
+        try:
+            manifest = json.loads(self._store.get(manifest_key))
+            prefix = manifest_key.rsplit("/", 1)[0]
+            files = {name: self._store.get(f"{prefix}/scann/{name}") for name in manifest["files"]}
+            return SerializedSearcher(
+                files=files,
+                docids=[str(i) for i in manifest["docids"]],
+                built_size=int(manifest["built_size"]),
+                changes_since_build=int(manifest["changes_since_build"]),
+                fresh_ids=[str(i) for i in manifest["fresh_ids"]],
+                sha256={str(k): str(v) for k, v in manifest["sha256"].items()},
+                params=dict(manifest["params"]),
+            )
+        except Exception:
+            log.warning("could not read the snapshot's ScaNN searcher", exc_info=True)
+            return None
 
     def latest(self, collection: str) -> Snapshot | None:
         pointer = self._redis.get(f"snap:{collection}:{self._shard}")
@@ -247,9 +291,11 @@ class ObjectSnapshotStore:
             metadata = _metadata_from_json(str(data["metadata"][0])) or [ItemMeta()] * len(ids)
             overrides = _overrides_from_json(str(data["params"][0])) if "params" in data else None
             tombstones = tuple(str(i) for i in data["tombstones"]) if "tombstones" in data else ()
-            return Snapshot(
-                meta["seq"], ids, data["vectors"], metadata, overrides or NO_OVERRIDES, tombstones
-            )
+            vectors = data["vectors"]
+        searcher = self._load_searcher(meta["scann"]) if "scann" in meta else None
+        return Snapshot(
+            meta["seq"], ids, vectors, metadata, overrides or NO_OVERRIDES, tombstones, searcher
+        )
 
     def drop(self, collection: str) -> None:
         self._redis.delete(f"snap:{collection}:{self._shard}")

@@ -13,7 +13,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import scann
@@ -25,6 +25,12 @@ from services.common.index_types import (
     IndexOverrides,
     ItemMeta,
     SearchFilter,
+)
+from services.indexer.searcher_files import (
+    SerializedSearcher,
+    digests,
+    load_searcher,
+    searcher_files,
 )
 
 MAX_K = 1000
@@ -175,30 +181,35 @@ class VectorIndex:
         if metadata is not None and len(metadata) != len(ids):
             raise InvalidArgumentError(f"{len(ids)} ids but {len(metadata)} metadata entries")
         with self._lock:
-            if self._high_water == 0 and self._fill_empty(ids, vectors, metadata):
-                self._changes_since_build += len(ids)
-                self._maybe_rebuild()
-                return
-            for position, (image_id, vector) in enumerate(zip(ids, vectors, strict=True)):
-                row = self._row_of.get(image_id)
-                if row is None:
-                    row = self._take_row()
-                    self._row_of[image_id] = row
-                    self._ids[row] = image_id
-                    self._live[row] = True
-                else:
-                    self._unindex_meta(row)
-                self._matrix[row] = vector
-                self._index_meta(row, metadata[position] if metadata is not None else ItemMeta())
-                if self._scann is not None or self._pending is not None:
-                    self._writes += 1
-                    self._fresh[row] = self._writes
-            if self._scann is not None:
-                self._scann.upsert(list(ids), vectors)
-            if self._pending is not None:
-                self._pending.append(("upsert", list(ids), vectors.copy()))
-            self._changes_since_build += len(ids)
+            self._upsert_locked(ids, vectors, metadata)
             self._maybe_rebuild()
+
+    def _upsert_locked(
+        self, ids: list[str], vectors: np.ndarray, metadata: list[ItemMeta] | None
+    ) -> None:
+        """Applies a checked upsert (vectors float32 [n, dims]); the lock is held."""
+        if self._high_water == 0 and self._fill_empty(ids, vectors, metadata):
+            self._changes_since_build += len(ids)
+            return
+        for position, (image_id, vector) in enumerate(zip(ids, vectors, strict=True)):
+            row = self._row_of.get(image_id)
+            if row is None:
+                row = self._take_row()
+                self._row_of[image_id] = row
+                self._ids[row] = image_id
+                self._live[row] = True
+            else:
+                self._unindex_meta(row)
+            self._matrix[row] = vector
+            self._index_meta(row, metadata[position] if metadata is not None else ItemMeta())
+            if self._scann is not None or self._pending is not None:
+                self._writes += 1
+                self._fresh[row] = self._writes
+        if self._scann is not None:
+            self._scann.upsert(list(ids), vectors)
+        if self._pending is not None:
+            self._pending.append(("upsert", list(ids), vectors.copy()))
+        self._changes_since_build += len(ids)
 
     def _fill_empty(
         self, ids: list[str], vectors: np.ndarray, metadata: list[ItemMeta] | None
@@ -261,6 +272,93 @@ class VectorIndex:
                 self._matrix[live_rows].copy(),
                 [self._meta[row] or ItemMeta() for row in live_rows],
             )
+
+    def export_searcher(self) -> SerializedSearcher | None:
+        """The serving ScaNN searcher as files, consistent with `export` at this moment
+        (its docids are exactly the live ids); None while queries are exact."""
+        with self._lock:
+            if not self._use_scann():
+                return None
+            assert self._scann is not None
+            docids = list(self._scann.docids)
+            if len(docids) != self.size or set(docids) != self._row_of.keys():
+                log.warning("ScaNN docids disagree with the index; snapshot without searcher")
+                return None
+            files = searcher_files(self._scann)
+            return SerializedSearcher(
+                files=files,
+                docids=docids,
+                built_size=self._built_size,
+                changes_since_build=self._changes_since_build,
+                fresh_ids=[self._ids[row] or "" for row in self._fresh],
+                sha256=digests(files),
+                params=asdict(self._scann_params),
+            )
+
+    def load(
+        self,
+        ids: list[str],
+        vectors: np.ndarray,
+        metadata: list[ItemMeta] | None,
+        serialized: SerializedSearcher | None = None,
+    ) -> bool:
+        """Fills an empty index from a snapshot: vectors float32 [n, dims]. With a serialized
+        searcher that fits, serves it at once instead of training one; returns whether it
+        did. Any problem with it is logged and the index builds one as after `upsert`."""
+        vectors = self.check_upsert(ids, vectors)
+        if metadata is not None and len(metadata) != len(ids):
+            raise InvalidArgumentError(f"{len(ids)} ids but {len(metadata)} metadata entries")
+        with self._lock:
+            empty = self._high_water == 0 and self._scann is None and self._pending is None
+            self._upsert_locked(ids, vectors, metadata)
+            installed = False
+            if serialized is not None and empty:
+                installed = self._install_serialized(serialized)
+            self._maybe_rebuild()
+            return installed
+
+    def _install_serialized(self, serialized: SerializedSearcher) -> bool:
+        """Lock held, index just loaded: makes the serialized searcher the serving one."""
+        if self.size < max(self.exact_threshold, MIN_SCANN_VECTORS):
+            return False
+        if len(serialized.docids) != self.size or set(serialized.docids) != self._row_of.keys():
+            log.warning("serialized ScaNN searcher does not match the snapshot; rebuilding")
+            return False
+        try:
+            params = ScannParams(**serialized.params)
+            searcher = load_searcher(serialized)
+            self._check_loaded(searcher, params)
+        except Exception:
+            log.warning("could not load the serialized ScaNN searcher; rebuilding", exc_info=True)
+            return False
+        self._scann = searcher
+        self._scann_params = params
+        self._built_size = serialized.built_size
+        self._changes_since_build = serialized.changes_since_build
+        self._fresh = {}
+        for image_id in serialized.fresh_ids:
+            row = self._row_of.get(image_id)
+            if row is not None:
+                self._writes += 1
+                self._fresh[row] = self._writes
+        log.info("scann index loaded", extra={"fields": {"vectors": self.size}})
+        return True
+
+    def _check_loaded(
+        self, searcher: scann.scann_ops_pybind.ScannSearcher, params: ScannParams
+    ) -> None:
+        """Raises unless a few stored vectors find themselves with their exact scores."""
+        if searcher.size() != self.size:
+            raise ValueError(f"searcher holds {searcher.size()} vectors, index {self.size}")
+        rows = np.flatnonzero(self._live[: self._high_water])
+        rows = rows[np.linspace(0, len(rows) - 1, num=min(8, len(rows)), dtype=np.int64)]
+        queries = self._matrix[rows]
+        _, scores = searcher.search_batched(
+            queries, final_num_neighbors=1, leaves_to_search=params.num_leaves
+        )
+        expected = np.einsum("ij,ij->i", queries, queries)
+        if not np.allclose(np.asarray(scores)[:, 0], expected, atol=1e-3):
+            raise ValueError("serialized searcher does not find stored vectors")
 
     def scan(
         self, start_row: int, limit: int, keep: Callable[[str], bool] | None = None

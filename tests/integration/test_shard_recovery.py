@@ -19,6 +19,8 @@ from services.common.index_types import IndexOverrides, ItemMeta, SearchFilter
 from services.common.objectstore import S3ObjectStore
 from services.indexer.core import Shard
 from services.indexer.durability import ObjectSnapshotStore, RedisWriteAheadLog
+from services.indexer.vector_index import MIN_SCANN_VECTORS
+from tests.unit.test_searcher_snapshot import assert_same_results, scann_shard, vectors_of
 from tests.unit.test_shard_durability import assert_same_answers, run_workload, unit
 from visearch import demo, localstack
 from visearch.client import IngestItem
@@ -64,6 +66,40 @@ def test_recovery_on_real_redis_and_s3(storage):
     assert restarted._collections["a"].index.exact_threshold == 77
 
 
+def test_scann_searcher_snapshot_on_real_redis_and_s3(storage):
+    """The serialized searcher round-trips through S3; a damaged object costs a rebuild."""
+    redis_url, s3_endpoint = storage
+    client = redis.Redis.from_url(redis_url)
+    store = S3ObjectStore(s3_endpoint, localstack.S3_ACCESS_KEY, localstack.S3_SECRET_KEY)
+    shard_id = int(uuid.uuid4().int % 1000) + 1100
+    wal = RedisWriteAheadLog(client, shard_id)
+    snaps = ObjectSnapshotStore(store, "snapshots", client, shard_id)
+    rng = np.random.default_rng(3)
+    original = scann_shard(wal, snaps, rng)
+    prefix = f"snapshots/c/{shard_id}/"
+    assert any("/scann/scann_assets.pbtxt" in key for key in store.list(prefix))
+
+    restarted = Shard(0, MIN_SCANN_VECTORS, wal, snaps)
+    restarted.recover()
+    index = restarted._collections["c"].index
+    assert index.method == "scann" and index.rebuilds == 0 and not index.rebuilding
+    assert_same_results(restarted, original, unit(rng, 20, 16))
+
+    dataset = next(key for key in store.list(prefix) if key.endswith("/scann/dataset.npy"))
+    store.put(dataset, b"damaged")
+    rebuilt = Shard(0, MIN_SCANN_VECTORS, wal, snaps)
+    rebuilt.recover()
+    index = rebuilt._collections["c"].index
+    index.wait_for_build()
+    assert index.rebuilds == 1 and index.method == "scann"
+    ids = ["v100", "fresh9", "late2"]
+    found, _ = rebuilt.search("c", vectors_of(original, ids), 1)
+    assert [r[0].id for r in found] == ids
+    snaps.drop("c")
+    wal.drop("c")
+    assert not list(store.list(prefix))
+
+
 def crops(samples: list[Path], count: int) -> list[bytes]:
     """Distinct JPEGs: sample photos cut at different offsets."""
     out = []
@@ -90,7 +126,9 @@ def test_kill_9_of_a_shard_loses_nothing_acknowledged(client, stack, tmp_path):
     acknowledged: dict[str, bytes] = {}
     deleted: set[str] = set()
     killed = threading.Event()
-    shard = next(p for p in stack.processes if p.name == "indexer-0")
+    # Earlier tests in the session may have restarted indexer-0: read its current pid.
+    current = localstack.StackState.load(Path(stack.state_dir))
+    shard = next(p for p in current.processes if p.name == "indexer-0")
 
     def ingest_stream():
         for i, data in enumerate(images):

@@ -15,6 +15,7 @@ from typing import Protocol
 import redis
 
 from services.common.errors import UnavailableError
+from services.common.index_types import IndexOverrides
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,12 @@ class CollectionConfig:
     generation: int = 0
     pending_model_version: str = ""
     pending_generation: int = 0
+
+    def index_overrides(self) -> IndexOverrides:
+        """The index settings sent to the shards with every upsert."""
+        return IndexOverrides(
+            self.exact_threshold, self.num_leaves, self.leaves_to_search, self.reorder
+        )
 
     @property
     def index_name(self) -> str:

@@ -99,13 +99,7 @@ class GrpcShard:
         overrides: IndexOverrides,
         timeout: float | None,
     ) -> None:
-        request = indexer_pb2.UpsertRequest(
-            collection=collection,
-            ids=ids,
-            vectors=vectors_to_proto(vectors),
-            metadata=[metadata_to_proto(m.label, m.attributes) for m in metadata],
-            params=index_params_to_proto(overrides),
-        )
+        request = _upsert_request(collection, ids, vectors, metadata, overrides)
         call(self._stub.Upsert, request, timeout=timeout, peer=self._peer)
 
     def delete(
@@ -125,13 +119,8 @@ class GrpcShard:
         overrides: IndexOverrides,
         timeout: float | None,
     ) -> int:
-        request = indexer_pb2.UpsertRequest(
-            collection=collection,
-            ids=ids,
-            vectors=vectors_to_proto(vectors),
-            metadata=[metadata_to_proto(m.label, m.attributes) for m in metadata],
-            params=index_params_to_proto(overrides),
-            only_if_absent=True,
+        request = _upsert_request(
+            collection, ids, vectors, metadata, overrides, only_if_absent=True
         )
         return call(self._stub.Upsert, request, timeout=timeout, peer=self._peer).upserted
 
@@ -260,4 +249,23 @@ def _rerank_output(c: verifier_pb2.RerankedCandidate) -> RerankOutput:
         predicted_label=c.predicted_label,
         label_margin=c.label_margin,
         inlier_keypoints=keypoints,
+    )
+
+
+def _upsert_request(
+    collection: str,
+    ids: list[str],
+    vectors: np.ndarray,
+    metadata: list[ItemMeta],
+    overrides: IndexOverrides,
+    only_if_absent: bool = False,
+) -> indexer_pb2.UpsertRequest:
+    """vectors: float32 [n, d], one row per id."""
+    return indexer_pb2.UpsertRequest(
+        collection=collection,
+        ids=ids,
+        vectors=vectors_to_proto(vectors),
+        metadata=[metadata_to_proto(m.label, m.attributes) for m in metadata],
+        params=index_params_to_proto(overrides),
+        only_if_absent=only_if_absent,
     )

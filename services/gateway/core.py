@@ -103,7 +103,7 @@ class GatewayCore:
             services.shards,  # type: ignore[arg-type]  # the gRPC shards implement both ports
             services.metadata,
             services.reshard_store,
-            index_overrides,
+            CollectionConfig.index_overrides,
             settings.reshard,
         )
         self._generations = GenerationWriter(
@@ -212,7 +212,7 @@ class GatewayCore:
             [item.id for item in items],
             embedded.vectors,
             [ItemMeta(item.label, dict(item.attributes)) for item in items],
-            index_overrides(config),
+            config.index_overrides(),
             deadline.remaining,
         )
         shards = [layout.write_shard(item.id) for item in items]
@@ -509,12 +509,6 @@ class GatewayCore:
             except VisearchError:
                 infos.append(None)
         return config, self._s.metadata.count_images(collection), infos
-
-
-def index_overrides(config: CollectionConfig) -> IndexOverrides:
-    return IndexOverrides(
-        config.exact_threshold, config.num_leaves, config.leaves_to_search, config.reorder
-    )
 
 
 def _reranked_hits(hits: list[Hit], reranked: list[RerankOutput]) -> list[Hit]:

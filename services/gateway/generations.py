@@ -19,16 +19,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from services.common.index_types import IndexOverrides, ItemMeta
+from services.common.index_types import ItemMeta
 from services.common.metadata import CollectionConfig, MetadataStore
 from services.gateway.ports import EmbedderPort, IngestItem, ShardPort
 from services.gateway.routing import delete_routed, upsert_routed
-
-
-def overrides_of(config: CollectionConfig) -> IndexOverrides:
-    return IndexOverrides(
-        config.exact_threshold, config.num_leaves, config.leaves_to_search, config.reorder
-    )
 
 
 class GenerationWriter:
@@ -73,7 +67,7 @@ class GenerationWriter:
                 [item.id for item in items],
                 embedded.vectors,
                 [ItemMeta(item.label, dict(item.attributes)) for item in items],
-                overrides_of(view),
+                view.index_overrides(),
                 remaining,
             )
             written.add(view.index_name)

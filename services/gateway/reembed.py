@@ -50,7 +50,7 @@ from services.common.index_types import ItemMeta
 from services.common.metadata import CollectionConfig, ImageMeta, index_name
 from services.common.model_registry import check_version
 from services.gateway.core import Services
-from services.gateway.generations import GenerationWriter, overrides_of
+from services.gateway.generations import GenerationWriter
 from services.gateway.reembed_store import PHASE_SWITCHED, JobState, ReembedStore
 from services.gateway.routing import upsert_routed
 
@@ -302,7 +302,7 @@ class Reembedder:
             [meta.id for meta in metas],
             embedded.vectors,
             [ItemMeta(meta.label, dict(meta.attributes)) for meta in metas],
-            overrides_of(target),
+            target.index_overrides(),
             self._remaining,
         )
 

@@ -17,7 +17,7 @@ from services.common.proto_convert import (
     index_params_from_proto,
     index_params_to_proto,
 )
-from services.gateway.core import GatewayCore, index_overrides
+from services.gateway.core import GatewayCore
 from services.gateway.ports import IngestItem, SearchQuery
 from services.gateway.reembed import Reembedder
 from services.gateway.reshard import ReshardStatus
@@ -32,7 +32,7 @@ def _collection_proto(config: CollectionConfig) -> gateway_pb2.Collection:
         default_rerank=RERANK_MODES_BY_NAME[config.default_rerank],
         local_feature_type=config.local_feature_type,
         rerank_depth=config.rerank_depth,
-        index_params=index_params_to_proto(index_overrides(config)),
+        index_params=index_params_to_proto(config.index_overrides()),
         target_shards=config.target_shards,
         generation=config.generation,
         pending_model_version=config.pending_model_version,

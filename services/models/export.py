@@ -80,12 +80,16 @@ def photo_like_batch(n: int, input_size: tuple[int, int], seed: int = 0) -> np.n
 
 
 def verify_onnx(
-    model: nn.Module, path: Path, input_size: tuple[int, int], atol: float = VERIFY_ATOL
+    model: nn.Module,
+    path: Path,
+    input_size: tuple[int, int],
+    atol: float = VERIFY_ATOL,
+    dims: int = EMBEDDING_DIMS,
 ) -> float:
     """Compare ONNX Runtime (CPU) with torch on random and photo-like batches (sizes 2 and 3).
 
     Returns the max abs difference of the embeddings; raises :class:`ExportError` above ``atol``
-    or when the outputs are not [N, EMBEDDING_DIMS] float32 with unit norm.
+    or when the outputs are not [N, dims] float32 with unit norm.
     """
     import onnx
     import onnxruntime as ort
@@ -103,7 +107,7 @@ def verify_onnx(
         (got,) = session.run([OUTPUT_NAME], {INPUT_NAME: x})
         with torch.no_grad():
             want = model.eval()(torch.from_numpy(x)).numpy()
-        if got.shape != (x.shape[0], EMBEDDING_DIMS) or got.dtype != np.float32:
+        if got.shape != (x.shape[0], dims) or got.dtype != np.float32:
             raise ExportError(f"unexpected ONNX output {got.shape} {got.dtype}")
         if not np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-4):
             raise ExportError("ONNX embeddings are not L2-normalised")

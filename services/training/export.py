@@ -12,22 +12,23 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from services.common.model_registry import MANIFEST_FILE, MODEL_FILE, ModelManifest
-from services.models.export import INPUT_NAME, OUTPUT_NAME, export_onnx, photo_like_batch
+from services.models.export import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    ExportError,
+    export_onnx,
+    verify_onnx,
+)
 from services.models.global_model import GEM_P, GlobalEmbeddingModel
 from services.models.weights import WEIGHTS_SHA256, ensure_mobilenet_v2_weights, sha256_file
 from services.training.head import ProjectionHead
 
 PARITY_ATOL = 1e-4
 TRAINED_NAME = "mobilenetv2-gem-triplet"
-
-
-class ExportError(RuntimeError):
-    """The backbone cannot be rebuilt in torch, or ONNX does not reproduce torch."""
 
 
 class EmbeddingWithHead(nn.Module):
@@ -68,24 +69,7 @@ def check_parity(
     model: nn.Module, onnx_path: Path, input_size: tuple[int, int], dims: int
 ) -> float:
     """Max |ONNX − torch| on a random and a photo-like batch; raises above :data:`PARITY_ATOL`."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    h, w = input_size
-    rng = np.random.default_rng(1)
-    worst = 0.0
-    for x in (rng.standard_normal((2, 3, h, w), dtype=np.float32), photo_like_batch(3, input_size)):
-        (got,) = session.run([OUTPUT_NAME], {INPUT_NAME: x})
-        with torch.no_grad():
-            want = model(torch.from_numpy(x)).numpy()
-        if got.shape != (x.shape[0], dims) or got.dtype != np.float32:
-            raise ExportError(f"unexpected ONNX output {got.shape} {got.dtype}")
-        if not np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-4):
-            raise ExportError("ONNX embeddings are not L2-normalised")
-        worst = max(worst, float(np.abs(got - want).max()))
-    if worst >= PARITY_ATOL:
-        raise ExportError(f"ONNX differs from torch by {worst:.3g} (limit {PARITY_ATOL:g})")
-    return worst
+    return verify_onnx(model, onnx_path, input_size, atol=PARITY_ATOL, dims=dims)
 
 
 def export_trained_model(

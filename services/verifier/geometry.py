@@ -108,6 +108,22 @@ class GeometricEvidence:
     inlier_pairs: np.ndarray = field(default_factory=lambda: EMPTY_PAIRS.copy())
 
 
+def nearest_two(similarity: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row of similarity (float32 [n, m], higher is nearer): the column of the nearest
+    candidate (int [n]), its similarity and the runner-up's (float32 [n] each; -inf without one).
+    """
+    rows = np.arange(similarity.shape[0])
+    nearest = similarity.argmax(axis=1)
+    best = similarity[rows, nearest]
+    if similarity.shape[1] > 1:
+        similarity[rows, nearest] = -np.inf
+        second = similarity.max(axis=1)
+        similarity[rows, nearest] = best
+    else:
+        second = np.full(similarity.shape[0], -np.inf, dtype=np.float32)
+    return nearest, best, second
+
+
 def match_descriptors(query: np.ndarray, candidate: np.ndarray, ratio: float) -> np.ndarray:
     """One-to-one matches: ratio test query -> candidate plus mutual nearest neighbours.
 
@@ -136,15 +152,7 @@ def match_descriptors(query: np.ndarray, candidate: np.ndarray, ratio: float) ->
         similarity -= q_sq[:, None]
         similarity -= c_sq[None, :]
 
-    rows = np.arange(n)
-    nearest = similarity.argmax(axis=1)
-    best = similarity[rows, nearest]
-    if m > 1:
-        similarity[rows, nearest] = -np.inf
-        second = similarity.max(axis=1)
-        similarity[rows, nearest] = best
-    else:
-        second = np.full(n, -np.inf, dtype=np.float32)
+    nearest, best, second = nearest_two(similarity)
     d1_sq = _squared_distance(best, unit)
     d2_sq = _squared_distance(second, unit)
     passed = np.flatnonzero(d1_sq < (ratio * ratio) * d2_sq)

@@ -32,6 +32,7 @@ from services.verifier.geometry import (
     GeometricEvidence,
     GeometrySettings,
     fit_pairs,
+    nearest_two,
     verify_pair,
 )
 
@@ -70,15 +71,7 @@ def match_grouped(
     if n == 0 or m == 0:
         return [EMPTY_PAIRS.copy() for _ in group_sizes]
     similarity = query @ candidate.T  # unit rows: d² = 2 - 2 s
-    rows = np.arange(n)
-    nearest = similarity.argmax(axis=1)
-    best = similarity[rows, nearest]
-    if m > 1:
-        similarity[rows, nearest] = -np.inf
-        second = similarity.max(axis=1)
-        similarity[rows, nearest] = best
-    else:
-        second = np.full(n, -np.inf, dtype=np.float32)
+    nearest, best, second = nearest_two(similarity)
     d1_sq = np.maximum(2.0 - 2.0 * best, 0.0)
     d2_sq = np.maximum(2.0 - 2.0 * second, 0.0)
     passed = d1_sq < (ratio * ratio) * d2_sq

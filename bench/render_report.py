@@ -256,7 +256,6 @@ def main() -> None:
         ("global_model_input_size.json", model_section),
         ("verify_speed.json", verify_section),
         ("embedder_providers.json", embedder_providers_section),
-        ("local_features_eval_dev.json", local_features_section),
         ("local_features_eval.json", local_features_section),
         ("binary_codes.json", binary_codes_section),
         ("triplet_eval_ukbench.json", triplet_ukbench_section),

@@ -9,8 +9,10 @@ ukbench: ukbench1000 split by group: heads trained on groups 0-174 (700 images, 
 queries are the 300 images of groups 175-249, against a gallery of all 1,000 images. Two query
 sets: the images themselves (excluded from their own ranking, 3 relevant) and a transformed copy
 of each (visearch/transforms.py: rotation 0-360, scale 0.5-1.5, crop 60-90 %, JPEG 30-70,
-seeded; 4 relevant, the untouched source included). Ablations at 256-d: learned whitening
-alone, and PCA init + triplet. mAP over the whole ranking, P@1.
+seeded; 4 relevant, the untouched source included), and the same transformed queries with
+their untouched source left out of the gallery ("rotated_other_views": 3 relevant, the other
+photos of the object; a user's new photo is never in the gallery). Ablations at 256-d:
+learned whitening alone, and PCA init + triplet. mAP over the whole ranking, P@1.
 
 flowers: flowers5 split 80/20 per class (seeded); held-out images query each other (leave one
 out, category level): P@5 and mAP of the raw backbone vs a triplet-trained head; writes
@@ -101,7 +103,12 @@ def ukbench(args: argparse.Namespace, backbone: Backbone, cache: FeatureCache) -
         g = transform(gallery)
         q_orig = retrieval_scores(g[held_idx], labels[held_idx], g, labels, held_idx)
         q_rot = retrieval_scores(transform(rotated), labels[held_idx], g, labels)
-        return {"original": q_orig.as_dict(), "rotated": q_rot.as_dict()}
+        q_other = retrieval_scores(transform(rotated), labels[held_idx], g, labels, held_idx)
+        return {
+            "original": q_orig.as_dict(),
+            "rotated": q_rot.as_dict(),
+            "rotated_other_views": q_other.as_dict(),
+        }
 
     results = [{"model": "raw backbone", "dims": backbone.dims, **scores(lambda x: x)}]
     base = TrainConfig(

@@ -327,6 +327,9 @@ def create_collection(
     local_features: Annotated[
         str, typer.Option(help="Local features for geometric re-rank: rootsift or delf.")
     ] = "",
+    texture: Annotated[
+        bool, typer.Option(help="Store LBP texture histograms at ingest (for --rerank texture).")
+    ] = False,
     gateway: Gateway = "",
     state_dir: StateDir = localstack.DEFAULT_STATE_DIR,
 ) -> None:
@@ -340,6 +343,7 @@ def create_collection(
                 rerank_depth=rerank_depth,
                 index=index,
                 local_feature_type=local_features,
+                texture_features=texture,
             )
         except VisearchError as exc:
             _fail(exc)

@@ -114,6 +114,8 @@ class CollectionInfo:
     pending_model_version: str = ""
     # > 0 while a reshard to this many shards runs.
     target_shards: int = 0
+    # LBP texture histograms stored at ingest (needed by rerank="texture").
+    texture_features: bool = False
 
 
 @dataclass(frozen=True)
@@ -200,6 +202,7 @@ def _collection(message: gateway_pb2.Collection) -> CollectionInfo:
         generation=message.generation,
         pending_model_version=message.pending_model_version,
         target_shards=message.target_shards,
+        texture_features=message.texture_features,
     )
 
 
@@ -250,12 +253,15 @@ class VisearchClient:
         local_feature_type: str = "",
         rerank_depth: int = 0,
         index: IndexOverrides = NO_OVERRIDES,
+        texture_features: bool = False,
         timeout_s: float | None = None,
     ) -> CollectionInfo:
         """Creates a collection (or returns the existing one of that name).
 
         index: per-collection index settings (exact threshold, ScaNN leaves, re-order);
         zeros are chosen from each shard's size.
+        texture_features: store LBP texture histograms at ingest, which rerank="texture"
+        needs (on by itself when default_rerank is "texture").
         """
         request = gateway_pb2.CreateCollectionRequest(
             name=name,
@@ -263,6 +269,7 @@ class VisearchClient:
             local_feature_type=local_feature_type,
             rerank_depth=rerank_depth,
             index_params=index_params_to_proto(index),
+            texture_features=texture_features,
         )
         return _collection(self._call(self._stub.CreateCollection, request, timeout_s))  # type: ignore[arg-type]
 

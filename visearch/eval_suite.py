@@ -114,13 +114,14 @@ def run_suite(
     }
     collections: dict[str, str] = {}
     ingest_rates: dict[str, float | None] = {}
+    texture = any(mode.rerank == "texture" for mode in modes)  # runs on the first collection
     for feature_type in collection_feature_types(modes):
         name = f"{prefix}-{feature_type}"
         collections[feature_type] = name
         if collection_prefix and _holds(client, name, len(entries)):
             ingest_rates[feature_type] = None  # reused: ingested by an earlier run
             continue
-        client.create_collection(name, local_feature_type=feature_type)
+        client.create_collection(name, local_feature_type=feature_type, texture_features=texture)
         rate = ingest_entries(
             client, name, entries, progress=bar(f"ingest {feature_type}", len(entries))
         )

@@ -40,6 +40,8 @@ class CollectionConfig:
     generation: int = 0
     pending_model_version: str = ""
     pending_generation: int = 0
+    # LBP texture histograms stored at ingest (RERANK_MODE_TEXTURE needs them).
+    texture_features: bool = False
 
     def index_overrides(self) -> IndexOverrides:
         """The index settings sent to the shards with every upsert."""
@@ -68,6 +70,14 @@ class CollectionConfig:
         """Every (model version, namespace) a write must reach: current, then pending."""
         pending = self.pending_view()
         return [self] if pending is None else [self, pending]
+
+
+def config_from_json(raw: str | bytes) -> CollectionConfig:
+    """A stored ``col:<name>`` record. Records written before ``texture_features`` existed
+    belong to collections whose every ingest stored texture histograms: they read as True."""
+    fields = json.loads(raw)
+    fields.setdefault("texture_features", True)
+    return CollectionConfig(**fields)
 
 
 def index_name(collection: str, generation: int) -> str:
@@ -154,7 +164,7 @@ class RedisMetadataStore:
             raw = self._redis.get(f"col:{name}")
         except redis.RedisError as exc:
             raise UnavailableError(f"metadata store (Redis): {exc}") from exc
-        return CollectionConfig(**json.loads(raw)) if raw else None
+        return config_from_json(raw) if raw else None
 
     def update_collection(self, expected: CollectionConfig, new: CollectionConfig) -> bool:
         key = f"col:{expected.name}"
@@ -162,7 +172,7 @@ class RedisMetadataStore:
             with self._redis.pipeline(transaction=True) as pipe:
                 pipe.watch(key)
                 raw = pipe.get(key)
-                if not raw or CollectionConfig(**json.loads(raw)) != expected:
+                if not raw or config_from_json(raw) != expected:
                     pipe.unwatch()
                     return False
                 pipe.multi()

@@ -18,7 +18,8 @@ Pipeline (``DelfExtractor.extract``), for each requested in-plane rotation of th
    cells at one scale and one place at several scales carry different descriptors, and the
    verifier's one-to-one mutual matches already stop a cluster of them from matching one
    candidate point many times; suppressing them would drop true scale-matched pairs.
-5. Descriptors: L2-normalise, PCA-project to 40-d with whitening, L2-normalise again.
+5. Descriptors: L2-normalise, project to 40-d with the model's learned whitening
+   (``services.models.delf_whitening``), L2-normalise again.
 
 Rotations: the CNN descriptors are not rotation invariant. For a query, features are extracted
 at several rotations (0/90/180/270° by default; multiples of 90° are exact pixel permutations)
@@ -92,7 +93,14 @@ class PcaWhitening:
 
     @classmethod
     def from_manifest(cls, raw: dict[str, Any]) -> PcaWhitening:
+        """From a manifest's "pca": a learned whitening ("projection" [C][D]) or, in the
+        first model version, a PCA ("components" [D][C] and "variances" [D])."""
         pca = raw["pca"]
+        if "projection" in pca:
+            return cls(
+                mean=np.asarray(pca["mean"], dtype=np.float32),
+                projection=np.ascontiguousarray(pca["projection"], dtype=np.float32),
+            )
         components = np.asarray(pca["components"], dtype=np.float64)  # [D, C]
         variances = np.asarray(pca["variances"], dtype=np.float64)  # [D]
         projection = (components / np.sqrt(variances + float(pca.get("epsilon", 0.0)))[:, None]).T

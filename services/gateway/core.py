@@ -130,6 +130,7 @@ class GatewayCore:
         feature_type: str = "",
         rerank_depth: int = 0,
         index: IndexOverrides = NO_OVERRIDES,
+        texture_features: bool = False,
     ) -> CollectionConfig:
         check_collection_name(name)
         default_rerank = default_rerank or "none"
@@ -155,6 +156,7 @@ class GatewayCore:
             num_leaves=index.num_leaves,
             leaves_to_search=index.leaves_to_search,
             reorder=index.reorder,
+            texture_features=texture_features or default_rerank == "texture",
         )
         if not self._s.metadata.create_collection(config):
             existing = self._s.metadata.get_collection(name)
@@ -191,12 +193,14 @@ class GatewayCore:
         features_future = self._pool.submit(
             self._s.embedder.extract_local, images, config.local_feature_type, deadline.remaining()
         )
-        texture_future = self._pool.submit(
-            self._s.embedder.extract_texture, images, deadline.remaining()
+        texture_future = (
+            self._pool.submit(self._s.embedder.extract_texture, images, deadline.remaining())
+            if config.texture_features
+            else None
         )
         embedded = _result_naming_items(embedded_future, items)
         features = _result_naming_items(features_future, items)
-        textures = _result_naming_items(texture_future, items)
+        textures = _result_naming_items(texture_future, items) if texture_future else None
         if embedded.model_version != config.model_version:
             raise FailedPreconditionError(
                 f"embedder serves {embedded.model_version} but collection {collection!r} uses "
@@ -264,7 +268,7 @@ class GatewayCore:
         digests: list[str],
         features: list[LocalFeatures],
         kind: str,
-        textures: TextureHistograms,
+        textures: TextureHistograms | None,
     ) -> None:
         def store_one(position: int) -> None:
             digest = digests[position]
@@ -275,10 +279,11 @@ class GatewayCore:
                 feature_key(kind, digest, self._settings.features_bucket),
                 features[position].to_npz(),
             )
-            self._s.store.put(
-                texture_key(textures.texture_type, digest, self._settings.features_bucket),
-                histogram_to_bytes(textures.histograms[position]),
-            )
+            if textures is not None:
+                self._s.store.put(
+                    texture_key(textures.texture_type, digest, self._settings.features_bucket),
+                    histogram_to_bytes(textures.histograms[position]),
+                )
 
         for future in [self._pool.submit(store_one, i) for i in range(len(images))]:
             future.result()
@@ -292,6 +297,13 @@ class GatewayCore:
         k = validation.resolve_k(query.k)
         mode = query.rerank or config.default_rerank
         validation.check_rerank_mode(mode)
+        if mode == "texture" and not config.texture_features:
+            raise FailedPreconditionError(
+                f"collection {config.name!r} stores no texture histograms, so it cannot re-rank "
+                f"by texture; create it with texture features (`visearch create-collection -c "
+                f"{config.name} --texture`, CreateCollectionRequest.texture_features) and ingest "
+                "its images again"
+            )
         validation.check_filter(query.search_filter)
         image = self._image_bytes(query.image, query.object_key, "query")
         if not image:

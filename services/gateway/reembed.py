@@ -123,7 +123,7 @@ class Reembedder:
             raise InvalidArgumentError("max_images_per_s must be >= 0 (0 = unlimited)")
         grace = self._settings.default_drop_grace_s if drop_grace_s < 0 else drop_grace_s
         owner = uuid.uuid4().hex
-        wait_s = self._store.acquire(collection, owner, self._settings.lease_s)
+        wait_s = self._store.lease.acquire(collection, owner, self._settings.lease_s)
         if wait_s > 0:
             raise FailedPreconditionError(
                 f"a re-embed of {collection!r} is running elsewhere (its lease expires in "
@@ -138,12 +138,12 @@ class Reembedder:
             yield from self._run(collection, model_version, batch_size, max_images_per_s, grace)
         finally:
             stop.set()
-            self._store.release(collection, owner)
+            self._store.lease.release(collection, owner)
 
     def _heartbeat(self, collection: str, owner: str, stop: threading.Event) -> None:
         while not stop.wait(self._settings.lease_s / 3):
             try:
-                if not self._store.renew(collection, owner, self._settings.lease_s):
+                if not self._store.lease.renew(collection, owner, self._settings.lease_s):
                     log.warning("re-embed lease lost", extra={"fields": {"c": collection}})
             except UnavailableError:
                 log.warning("re-embed lease renewal failed", exc_info=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Protocol, TypeVar
@@ -19,6 +18,7 @@ from typing import Protocol, TypeVar
 import redis
 
 from services.common.errors import UnavailableError
+from services.common.lease import InMemoryLease, Lease, RedisLease
 
 T = TypeVar("T")
 PHASE_EMBEDDING = "embedding"
@@ -56,18 +56,14 @@ class ReembedStore(Protocol):
 
     def clear(self, collection: str) -> None: ...
 
-    def acquire(self, collection: str, owner: str, ttl_s: float) -> float:
-        """0 when `owner` now holds the lease, else seconds until the holder's expires."""
-        ...
-
-    def renew(self, collection: str, owner: str, ttl_s: float) -> bool: ...
-
-    def release(self, collection: str, owner: str) -> None: ...
+    # The job's lease, one per collection (services.common.lease).
+    lease: Lease
 
 
 class RedisReembedStore:
     def __init__(self, url: str) -> None:
         self._redis = redis.Redis.from_url(url, decode_responses=True, socket_timeout=10)
+        self.lease = RedisLease(self._redis, "reembed:{}:lease", "re-embed lease")
 
     def _call(self, function: Callable[[], T]) -> T:
         try:
@@ -112,33 +108,13 @@ class RedisReembedStore:
             )
         )
 
-    def acquire(self, collection: str, owner: str, ttl_s: float) -> float:
-        key = f"reembed:{collection}:lease"
-        millis = max(1, int(ttl_s * 1000))
-        if self._call(lambda: self._redis.set(key, owner, nx=True, px=millis)):
-            return 0.0
-        if self._call(lambda: self._redis.get(key)) == owner:
-            return 0.0
-        return max(0.001, self._call(lambda: self._redis.pttl(key)) / 1000.0)
-
-    def renew(self, collection: str, owner: str, ttl_s: float) -> bool:
-        key = f"reembed:{collection}:lease"
-        if self._call(lambda: self._redis.get(key)) != owner:
-            return False
-        return bool(self._call(lambda: self._redis.pexpire(key, max(1, int(ttl_s * 1000)))))
-
-    def release(self, collection: str, owner: str) -> None:
-        key = f"reembed:{collection}:lease"
-        if self._call(lambda: self._redis.get(key)) == owner:
-            self._call(lambda: self._redis.delete(key))
-
 
 class InMemoryReembedStore:
     def __init__(self) -> None:
         self._states: dict[str, JobState] = {}
         self._ids: dict[str, list[str]] = {}
         self._done: dict[str, set[int]] = {}
-        self._leases: dict[str, tuple[str, float]] = {}
+        self.lease = InMemoryLease()
         self._lock = threading.Lock()
 
     def load(self, collection: str) -> JobState | None:
@@ -172,25 +148,3 @@ class InMemoryReembedStore:
             self._states.pop(collection, None)
             self._ids.pop(collection, None)
             self._done.pop(collection, None)
-
-    def acquire(self, collection: str, owner: str, ttl_s: float) -> float:
-        with self._lock:
-            holder = self._leases.get(collection)
-            now = time.monotonic()
-            if holder is None or holder[0] == owner or holder[1] <= now:
-                self._leases[collection] = (owner, now + ttl_s)
-                return 0.0
-            return holder[1] - now
-
-    def renew(self, collection: str, owner: str, ttl_s: float) -> bool:
-        with self._lock:
-            holder = self._leases.get(collection)
-            if holder is None or holder[0] != owner:
-                return False
-            self._leases[collection] = (owner, time.monotonic() + ttl_s)
-            return True
-
-    def release(self, collection: str, owner: str) -> None:
-        with self._lock:
-            if self._leases.get(collection, ("", 0.0))[0] == owner:
-                del self._leases[collection]

@@ -199,7 +199,7 @@ class Resharder:
         running_here = self._threads.get(collection)
         if running_here is not None and running_here.is_alive():
             return self.status(collection)
-        if self._store.acquire(collection, self._owner, self._settings.lock_ttl_s):
+        if self._store.lease.acquire(collection, self._owner, self._settings.lock_ttl_s) == 0.0:
             thread = threading.Thread(
                 target=self._run_logged, args=(collection, shards), name=f"reshard-{collection}"
             )
@@ -229,7 +229,7 @@ class Resharder:
     def status(self, collection: str) -> ReshardStatus:
         config = self._config(collection)
         record = self._store.load(collection)
-        running = self._store.holder(collection) is not None
+        running = self._store.lease.holder(collection) is not None
         if record is None:
             return ReshardStatus(
                 collection, config.shards, config.shards, "none", running, 0, 0, 0, 0, 0, "", 0, 0
@@ -272,7 +272,7 @@ class Resharder:
                 record.error = exc.message if isinstance(exc, VisearchError) else repr(exc)
                 self._store.save(record)
         finally:
-            self._store.release(collection, self._owner)
+            self._store.lease.release(collection, self._owner)
         if record is not None and record.phase == PHASE_DONE:
             log.info("reshard done", extra={"fields": {"collection": collection}})
 
@@ -445,7 +445,7 @@ class Resharder:
         )
 
     def _renew(self, record: ReshardRecord) -> None:
-        if not self._store.renew(record.collection, self._owner, self._settings.lock_ttl_s):
+        if not self._store.lease.renew(record.collection, self._owner, self._settings.lock_ttl_s):
             raise LostLockError(record.collection)
 
     def _clear_tombstones(self, namespace: str, shards: int) -> None:

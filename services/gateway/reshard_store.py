@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import redis
 
 from services.common.errors import UnavailableError
+from services.common.lease import InMemoryLease, Lease, RedisLease
 
 PHASE_COPYING = "copying"
 PHASE_CLEANING = "cleaning"
@@ -53,38 +54,14 @@ class ReshardStore(Protocol):
 
     def save(self, record: ReshardRecord) -> None: ...
 
-    def acquire(self, collection: str, owner: str, ttl_s: float) -> bool:
-        """Takes the collection's run lock unless another owner holds it."""
-        ...
-
-    def renew(self, collection: str, owner: str, ttl_s: float) -> bool:
-        """Extends the lock; False when `owner` no longer holds it."""
-        ...
-
-    def release(self, collection: str, owner: str) -> None: ...
-
-    def holder(self, collection: str) -> str | None: ...
-
-
-_RENEW = """
-if redis.call('get', KEYS[1]) == ARGV[1] then
-  return redis.call('pexpire', KEYS[1], ARGV[2])
-end
-return 0
-"""
-_RELEASE = """
-if redis.call('get', KEYS[1]) == ARGV[1] then
-  return redis.call('del', KEYS[1])
-end
-return 0
-"""
+    # The run lock, one per collection (services.common.lease).
+    lease: Lease
 
 
 class RedisReshardStore:
     def __init__(self, url: str) -> None:
         self._redis = redis.Redis.from_url(url, decode_responses=True, socket_timeout=10)
-        self._renew = self._redis.register_script(_RENEW)
-        self._release = self._redis.register_script(_RELEASE)
+        self.lease = RedisLease(self._redis, "reshardlock:{}", "reshard lock")
 
     def load(self, collection: str) -> ReshardRecord | None:
         raw = self._call(self._redis.get, f"reshard:{collection}")
@@ -93,20 +70,6 @@ class RedisReshardStore:
     def save(self, record: ReshardRecord) -> None:
         record.updated_at = time.time()
         self._call(self._redis.set, f"reshard:{record.collection}", json.dumps(asdict(record)))
-
-    def acquire(self, collection: str, owner: str, ttl_s: float) -> bool:
-        key = f"reshardlock:{collection}"
-        return bool(self._call(self._redis.set, key, owner, nx=True, px=int(ttl_s * 1000)))
-
-    def renew(self, collection: str, owner: str, ttl_s: float) -> bool:
-        key = f"reshardlock:{collection}"
-        return bool(self._call(self._renew, keys=[key], args=[owner, int(ttl_s * 1000)]))
-
-    def release(self, collection: str, owner: str) -> None:
-        self._call(self._release, keys=[f"reshardlock:{collection}"], args=[owner])
-
-    def holder(self, collection: str) -> str | None:
-        return self._call(self._redis.get, f"reshardlock:{collection}")
 
     @staticmethod
     def _call(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -119,7 +82,7 @@ class RedisReshardStore:
 class InMemoryReshardStore:
     def __init__(self) -> None:
         self._records: dict[str, str] = {}
-        self._locks: dict[str, tuple[str, float]] = {}
+        self.lease = InMemoryLease()
         self._lock = threading.Lock()
 
     def load(self, collection: str) -> ReshardRecord | None:
@@ -131,29 +94,3 @@ class InMemoryReshardStore:
         record.updated_at = time.time()
         with self._lock:
             self._records[record.collection] = json.dumps(asdict(record))
-
-    def acquire(self, collection: str, owner: str, ttl_s: float) -> bool:
-        with self._lock:
-            current = self._locks.get(collection)
-            if current is not None and current[1] > time.monotonic():
-                return False
-            self._locks[collection] = (owner, time.monotonic() + ttl_s)
-            return True
-
-    def renew(self, collection: str, owner: str, ttl_s: float) -> bool:
-        with self._lock:
-            current = self._locks.get(collection)
-            if current is None or current[0] != owner or current[1] <= time.monotonic():
-                return False
-            self._locks[collection] = (owner, time.monotonic() + ttl_s)
-            return True
-
-    def release(self, collection: str, owner: str) -> None:
-        with self._lock:
-            if self._locks.get(collection, ("", 0.0))[0] == owner:
-                self._locks.pop(collection, None)
-
-    def holder(self, collection: str) -> str | None:
-        with self._lock:
-            current = self._locks.get(collection)
-            return current[0] if current is not None and current[1] > time.monotonic() else None

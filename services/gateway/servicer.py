@@ -36,6 +36,7 @@ def _collection_proto(config: CollectionConfig) -> gateway_pb2.Collection:
         target_shards=config.target_shards,
         generation=config.generation,
         pending_model_version=config.pending_model_version,
+        texture_features=config.texture_features,
     )
 
 
@@ -80,6 +81,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             request.local_feature_type,
             request.rerank_depth,
             index_params_from_proto(request.index_params),
+            request.texture_features,
         )
         return _collection_proto(config)
 

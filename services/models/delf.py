@@ -24,9 +24,9 @@ computed once and the head trains on the cached maps in seconds. Without labelle
 feature norm ``||f||`` is the attention (:class:`NormAttention`).
 
 Descriptors (done by the embedder from the ONNX outputs, see ``services.embedder.delf``):
-L2-normalise → subtract the PCA mean → project on the top 40 components → divide by the
-square root of their variance (whitening) → L2-normalise. The PCA is learned here on the
-attention-selected features of training images and stored in the model manifest.
+L2-normalise → subtract the mean → project to 40-d → L2-normalise. The projection is a
+learned whitening (``services.models.delf_whitening``) rather than DELF's plain PCA, and is
+stored in the model manifest.
 """
 
 from __future__ import annotations
@@ -180,44 +180,6 @@ def train_attention(
             correct += int((logits.argmax(1) == target[idx]).sum())
             seen += settings.batch
     return head.eval(), correct / max(seen, 1)
-
-
-# PCA ----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, eq=False)
-class Pca:
-    """Whitening PCA of L2-normalised features.
-
-    Attributes:
-        mean: [C] float64.
-        components: [D, C] float64, rows are unit eigenvectors, largest variance first.
-        variances: [D] float64 eigenvalues of those components.
-    """
-
-    mean: np.ndarray
-    components: np.ndarray
-    variances: np.ndarray
-
-    def to_json(self) -> dict[str, list]:
-        return {
-            "mean": self.mean.tolist(),
-            "components": self.components.tolist(),
-            "variances": self.variances.tolist(),
-        }
-
-
-def learn_pca(rows: np.ndarray, dims: int = PCA_DIMS) -> Pca:
-    """[n, C] float L2-normalised feature rows → the top ``dims`` whitening PCA."""
-    rows = np.asarray(rows, dtype=np.float64)
-    mean = rows.mean(axis=0)
-    covariance = np.cov(rows - mean, rowvar=False)
-    values, vectors = np.linalg.eigh(covariance)
-    order = np.argsort(values)[::-1][:dims]
-    components = vectors[:, order].T
-    # A deterministic sign per component (eigh's sign is arbitrary across platforms).
-    signs = np.sign(components[np.arange(dims), np.abs(components).argmax(axis=1)])
-    return Pca(mean=mean, components=components * signs[:, None], variances=values[order])
 
 
 def training_digest(paths: Sequence[Path], labels: Sequence[int]) -> str:

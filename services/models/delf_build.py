@@ -1,6 +1,6 @@
-"""Build the DELF-style local model: train attention, export ONNX, learn the PCA, write manifest.
+"""Build the DELF-style local model: train attention, export ONNX, learn whitening, write manifest.
 
-Produces ``<out>/local/<version>/model.onnx`` and ``manifest.json`` (the PCA whitening lives in
+Produces ``<out>/local/<version>/model.onnx`` and ``manifest.json`` (the 40-d whitening lives in
 the manifest, so the model registry publishes and fetches it with the version). Training data:
 UKBench groups 0-174 (``TRAIN_GROUPS``) of ``<datasets>/ukbench1000``; groups 175-249 are
 never seen, so evaluations on them stay honest. When that folder is missing the build is
@@ -26,18 +26,15 @@ from services.embedder.delf import (
     DEFAULT_MIN_SIDE,
     DEFAULT_SCALES,
     DelfExtractor,
-    DelfSettings,
-    PcaWhitening,
     ScaleRunner,
 )
 from services.models.weights import WEIGHTS_SHA256, ensure_mobilenet_v2_weights, sha256_file
 
 MODEL_NAME = "delf-mobilenetv2"
 # Bump when anything that changes stored descriptors changes (layer, head, training, PCA).
-VERSION = "delf-mobilenetv2-v1"
+VERSION = "delf-mobilenetv2-v2"
 TRAIN_GROUPS = range(0, 175)
-PCA_IMAGES = 120  # training images whose attention-selected features fit the PCA
-PCA_FEATURES_PER_IMAGE = 500
+WHITENING_SHRINKAGE = 0.01
 HEAD_FILENAME = "attention_head.npz"
 INPUT_NAME = "images"
 OUTPUTS = ("features", "attention")
@@ -177,10 +174,10 @@ def build_local(
         DelfLocalModel,
         NormAttention,
         feature_maps,
-        learn_pca,
         train_attention,
         training_digest,
     )
+    from services.models.delf_whitening import learn_whitening, warped_pairs
     from services.models.mobilenet_v2 import load_mobilenet_v2
 
     torch.manual_seed(0)
@@ -200,14 +197,15 @@ def build_local(
         model = DelfLocalModel(backbone, head).eval()
         export_onnx(model, tmp_onnx)
         max_diff = verify_onnx(model, tmp_onnx, images[0])
-        identity = PcaWhitening(
-            mean=np.zeros(FEATURE_CHANNELS, np.float32),
-            projection=np.eye(FEATURE_CHANNELS, dtype=np.float32),
-        )
-        sampler = DelfExtractor(onnx_runner(tmp_onnx), identity, DelfSettings())
-        step = max(1, len(images) // PCA_IMAGES)
-        rows = [sampler.extract_upright(im, PCA_FEATURES_PER_IMAGE)[2] for im in images[::step]]
-        pca = learn_pca(np.concatenate(rows), PCA_DIMS)
+        run = onnx_runner(tmp_onnx)
+
+        def describe(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            x = DelfExtractor.normalise(image, IMAGENET_MEAN, IMAGENET_STD)
+            features, attention = run(x)
+            return features[0], attention[0, 0]
+
+        anchors, positives = warped_pairs(describe, images, DEFAULT_BASE_SIDE, training.seed)
+        whitening = learn_whitening(anchors, positives, PCA_DIMS, WHITENING_SHRINKAGE)
         (model_dir / "manifest.json").unlink(missing_ok=True)
         save_head(head, model_dir / HEAD_FILENAME)
         os.replace(tmp_onnx, model_dir / "model.onnx")
@@ -234,7 +232,7 @@ def build_local(
             "min_side": DEFAULT_MIN_SIDE,
             "max_side": DEFAULT_MAX_SIDE,
         },
-        "pca": pca.to_json(),
+        "pca": whitening.to_json(),
         "training": {
             "data": f"ukbench1000 groups {TRAIN_GROUPS.start}-{TRAIN_GROUPS.stop - 1}",
             "images": len(paths),
@@ -242,7 +240,7 @@ def build_local(
             "steps": training.steps,
             "seed": training.seed,
             "train_accuracy_last_50_steps": round(accuracy, 4),
-            "pca_rows": int(sum(len(r) for r in rows)),
+            "whitening_pairs": whitening.pairs,
             "onnx_max_abs_diff": max_diff,
             "seconds": round(time.perf_counter() - started, 1),
         },

@@ -224,6 +224,8 @@ def _reason(
             f"{head}; {evidence.inliers} inliers of {evidence.matches} matches, "
             f"too few (need {geometry.min_inliers})"
         )
+    if evidence.matches < geometry.min_inliers:
+        return f"{head}; {evidence.matches} matches, too few to fit (need {geometry.min_inliers})"
     return f"{head}; no geometric fit ({evidence.matches} matches)"
 
 

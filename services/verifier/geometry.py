@@ -187,10 +187,15 @@ def verify_pair(
 def fit_pairs(
     query: LocalFeatures, candidate: LocalFeatures, pairs: np.ndarray, settings: GeometrySettings
 ) -> GeometricEvidence:
-    """Robust fit of tentative matches ``pairs`` ([k, 2] int32 query row, candidate row)."""
+    """Robust fit of tentative matches ``pairs`` ([k, 2] int32 query row, candidate row).
+
+    Fewer matches than ``min_inliers`` are not fitted: their inliers could not count as
+    evidence, and unrelated candidates (most of a re-rank list) would each cost a full run of
+    ``max_trials`` robust-fit iterations for nothing.
+    """
     pairs = _drop_duplicate_locations(pairs, query.keypoints, candidate.keypoints)
     matches = len(pairs)
-    if matches < MIN_MATCHES_FOR_MODEL[settings.model]:
+    if matches < max(MIN_MATCHES_FOR_MODEL[settings.model], settings.min_inliers):
         return GeometricEvidence(matches=matches)
 
     query_norm = _normaliser(query, settings.reference_side)

@@ -39,3 +39,24 @@ def test_images_put_replace_get_delete_count(storage):
     assert store.delete_image(name, "a") is True
     assert store.delete_image(name, "a") is False
     assert store.count_images(name) == 0
+
+
+def test_records_from_before_texture_opt_in_read_as_texture_on(storage):
+    """Collections created while every ingest stored LBP histograms keep texture search."""
+    import json
+    from dataclasses import asdict, replace
+
+    import redis
+
+    store = RedisMetadataStore(storage[0])
+    legacy = f"c-{uuid.uuid4().hex[:8]}"
+    fields = asdict(config(legacy))
+    del fields["texture_features"]
+    redis.Redis.from_url(storage[0]).set(f"col:{legacy}", json.dumps(fields))
+    old = store.get_collection(legacy)
+    assert old is not None and old.texture_features is True
+    assert store.update_collection(old, replace(old, shards=3))  # compare-and-set still matches
+
+    fresh = f"c-{uuid.uuid4().hex[:8]}"
+    assert store.create_collection(config(fresh))
+    assert store.get_collection(fresh).texture_features is False

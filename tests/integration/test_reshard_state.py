@@ -41,17 +41,17 @@ def test_record_and_lock(storage):
     store.save(record)
     loaded = store.load(name)
     assert loaded.cursors == {"0": "abc:5:5"} and loaded.updated_at > 0
-    assert store.acquire(name, "a", ttl_s=0.5)
-    assert not store.acquire(name, "b", ttl_s=0.5)
-    assert store.renew(name, "a", ttl_s=0.5) and not store.renew(name, "b", ttl_s=0.5)
-    assert store.holder(name) == "a"
+    assert store.lease.acquire(name, "a", ttl_s=0.5) == 0.0
+    assert store.lease.acquire(name, "b", ttl_s=0.5) > 0.0
+    assert store.lease.renew(name, "a", ttl_s=0.5) and not store.lease.renew(name, "b", ttl_s=0.5)
+    assert store.lease.holder(name) == "a"
     time.sleep(0.7)  # a crashed holder's lock expires
-    assert store.holder(name) is None
-    assert store.acquire(name, "b", ttl_s=5)
-    store.release(name, "a")  # not the holder: no effect
-    assert store.holder(name) == "b"
-    store.release(name, "b")
-    assert store.holder(name) is None
+    assert store.lease.holder(name) is None
+    assert store.lease.acquire(name, "b", ttl_s=5) == 0.0
+    store.lease.release(name, "a")  # not the holder: no effect
+    assert store.lease.holder(name) == "b"
+    store.lease.release(name, "b")
+    assert store.lease.holder(name) is None
 
 
 def test_tombstones_survive_a_restart_through_redis_and_s3(storage):

@@ -26,6 +26,7 @@ def groups(client):
     """Three UKBench objects, four photos each, label = object."""
     entries = datasets.ukbench(UKBENCH, 12)
     items = [IngestItem(e.id, image=e.path.read_bytes(), label=e.label) for e in entries]
+    client.create_collection("texture-groups", texture_features=True)
     client.ingest("texture-groups", items)
     return entries
 
@@ -46,6 +47,8 @@ def test_texture_mode_votes_and_explains(client, groups):
         for label, path in views.items()
         for quality in (95, 90, 85)
     ]
+    info = client.create_collection("texture-views", default_rerank="texture")
+    assert info.texture_features  # a texture default turns them on
     client.ingest("texture-views", items)
     result = client.search("texture-views", reencoded(views["side"], 80), k=6, rerank="texture")
     assert len(result.hits) == 6
@@ -60,6 +63,7 @@ def test_texture_mode_votes_and_explains(client, groups):
 @needs_ukbench
 def test_texture_mode_with_one_label_keeps_the_global_order(client, groups):
     items = [IngestItem(e.id, image=e.path.read_bytes(), label="same") for e in groups[:6]]
+    client.create_collection("texture-one-label", texture_features=True)
     client.ingest("texture-one-label", items)
     query = groups[1].path.read_bytes()
     plain = client.search("texture-one-label", query, k=6, rerank="none")

@@ -24,7 +24,6 @@ from services.models.delf import (  # noqa: E402
     PCA_DIMS,
     AttentionHead,
     DelfLocalModel,
-    learn_pca,
     torch_runner,
 )
 from services.models.mobilenet_v2 import STRIDE16_END, load_mobilenet_v2  # noqa: E402
@@ -112,19 +111,6 @@ def test_rotation_maps_back_to_original_pixels(angle):
         assert np.median(diff) <= 25
 
 
-def test_pca_whitening_gives_unit_decorrelated_rows():
-    rng = np.random.default_rng(0)
-    rows = rng.standard_normal((5000, FEATURE_CHANNELS)) * np.linspace(3, 0.1, FEATURE_CHANNELS)
-    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
-    pca = learn_pca(rows, 10)
-    projected = (rows - pca.mean) @ pca.components.T / np.sqrt(pca.variances)
-    np.testing.assert_allclose(np.cov(projected, rowvar=False), np.eye(10), atol=0.05)
-    whitening = PcaWhitening.from_manifest({"pca": pca.to_json()})
-    out = whitening(rows.astype(np.float32))
-    assert out.shape == (5000, 10) and out.dtype == np.float32
-    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
-
-
 def test_light_build_module_constants_agree_with_the_torch_modules():
     from services.models import delf, export, mobilenet_v2
 
@@ -139,7 +125,11 @@ def test_manifest_describes_the_served_model(local_model_dir):
     manifest, _ = load_local(local_model_dir)
     raw = manifest.raw
     assert manifest.kind == "local" and raw["feature_type"] == "delf"
-    assert manifest.output_dims == PCA_DIMS == len(raw["pca"]["components"])
+    projection = np.asarray(raw["pca"]["projection"])
+    assert raw["pca"]["method"] == "learned_whitening"
+    assert projection.shape == (FEATURE_CHANNELS, manifest.output_dims)
+    assert manifest.output_dims == PCA_DIMS
     assert len(raw["pca"]["mean"]) == FEATURE_CHANNELS
+    assert raw["training"]["whitening_pairs"] > 10 * FEATURE_CHANNELS
     assert raw["training"]["data"].startswith("ukbench1000 groups 0-174")
     assert delf_build.up_to_date(local_model_dir) is not None

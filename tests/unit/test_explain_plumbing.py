@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from skimage import data
 
+from services.common.errors import FailedPreconditionError
 from services.common.imaging import sha256_hex
 from services.common.local_features import feature_key
 from services.common.metadata import InMemoryMetadataStore
@@ -142,10 +143,8 @@ class RecordingVerifier:
         ]
 
 
-def test_gateway_texture_mode_stores_histograms_and_sends_labels():
-    verifier = RecordingVerifier()
-    store = InMemoryObjectStore()
-    core = GatewayCore(
+def texture_gateway(verifier: RecordingVerifier, store: InMemoryObjectStore) -> GatewayCore:
+    return GatewayCore(
         Services(
             PixelEmbedder(),
             [InProcessShard(0), InProcessShard(1)],
@@ -155,11 +154,18 @@ def test_gateway_texture_mode_stores_histograms_and_sends_labels():
         ),
         GatewaySettings("images", "features", 1_000_000, "pixels-v1", default_timeout_s=5.0),
     )
+
+
+def test_gateway_texture_mode_stores_histograms_and_sends_labels():
+    verifier = RecordingVerifier()
+    store = InMemoryObjectStore()
+    core = texture_gateway(verifier, store)
     try:
         images = [jpeg(i) for i in range(4)]
         items = [
             IngestItem(f"id-{i}", image=img, label=f"L{i % 2}") for i, img in enumerate(images)
         ]
+        assert core.create_collection("c", texture_features=True).texture_features
         outcomes = core.ingest("c", items, create=True, timeout_s=None)
         stored = histogram_from_bytes(
             store.get(texture_key(TEXTURE_TYPE, outcomes[0].sha256, "features"))
@@ -179,5 +185,22 @@ def test_gateway_texture_mode_stores_histograms_and_sends_labels():
 
         meta, data_bytes = core.get_image("c", "id-2")
         assert data_bytes == images[2] and meta.sha256 == sha256_hex(images[2])
+    finally:
+        core.close()
+
+
+def test_collections_store_textures_only_when_asked_and_say_so_when_searched():
+    verifier = RecordingVerifier()
+    store = InMemoryObjectStore()
+    core = texture_gateway(verifier, store)
+    try:
+        image = jpeg(0)
+        (outcome,) = core.ingest("plain", [IngestItem("a", image=image)], True, None)
+        assert not core.collection("plain").texture_features
+        assert not store.exists(texture_key(TEXTURE_TYPE, outcome.sha256, "features"))
+        with pytest.raises(FailedPreconditionError, match="--texture"):
+            core.search(SearchQuery("plain", image=image, k=1, rerank="texture"), None)
+        assert verifier.calls == []
+        assert core.create_collection("textured", default_rerank="texture").texture_features
     finally:
         core.close()

@@ -299,6 +299,14 @@ def test_embedder_model_version_is_the_one_the_build_writes():
     assert version == version_for(DEFAULT_INPUT_SIZE)
 
 
+def test_embedder_local_model_version_is_the_one_the_build_writes():
+    from services.models.delf_build import VERSION
+
+    embedder = visearch_container(find(base_resources(), "Deployment", "embedder"))
+    assert env_list_value(embedder, "VISEARCH_LOCAL_MODEL_VERSION")["value"] == VERSION
+    assert VERSION in (K8S / "README.md").read_text(encoding="utf-8")  # the publish steps
+
+
 def test_service_configs_accept_the_manifest_environment():
     """Each service's own from_env() parses what the manifests give it."""
     from services.embedder.main import EmbedderConfig

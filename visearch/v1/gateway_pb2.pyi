@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Collection(_message.Message):
-    __slots__ = ("name", "model_version", "shards", "default_rerank", "local_feature_type", "rerank_depth", "index_params", "target_shards", "generation", "pending_model_version")
+    __slots__ = ("name", "model_version", "shards", "default_rerank", "local_feature_type", "rerank_depth", "index_params", "texture_features", "target_shards", "generation", "pending_model_version")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     SHARDS_FIELD_NUMBER: _ClassVar[int]
@@ -16,6 +16,7 @@ class Collection(_message.Message):
     LOCAL_FEATURE_TYPE_FIELD_NUMBER: _ClassVar[int]
     RERANK_DEPTH_FIELD_NUMBER: _ClassVar[int]
     INDEX_PARAMS_FIELD_NUMBER: _ClassVar[int]
+    TEXTURE_FEATURES_FIELD_NUMBER: _ClassVar[int]
     TARGET_SHARDS_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     PENDING_MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -26,24 +27,27 @@ class Collection(_message.Message):
     local_feature_type: str
     rerank_depth: int
     index_params: _common_pb2.IndexParams
+    texture_features: bool
     target_shards: int
     generation: int
     pending_model_version: str
-    def __init__(self, name: _Optional[str] = ..., model_version: _Optional[str] = ..., shards: _Optional[int] = ..., default_rerank: _Optional[_Union[_common_pb2.RerankMode, str]] = ..., local_feature_type: _Optional[str] = ..., rerank_depth: _Optional[int] = ..., index_params: _Optional[_Union[_common_pb2.IndexParams, _Mapping]] = ..., target_shards: _Optional[int] = ..., generation: _Optional[int] = ..., pending_model_version: _Optional[str] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., model_version: _Optional[str] = ..., shards: _Optional[int] = ..., default_rerank: _Optional[_Union[_common_pb2.RerankMode, str]] = ..., local_feature_type: _Optional[str] = ..., rerank_depth: _Optional[int] = ..., index_params: _Optional[_Union[_common_pb2.IndexParams, _Mapping]] = ..., texture_features: _Optional[bool] = ..., target_shards: _Optional[int] = ..., generation: _Optional[int] = ..., pending_model_version: _Optional[str] = ...) -> None: ...
 
 class CreateCollectionRequest(_message.Message):
-    __slots__ = ("name", "default_rerank", "local_feature_type", "rerank_depth", "index_params")
+    __slots__ = ("name", "default_rerank", "local_feature_type", "rerank_depth", "index_params", "texture_features")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_RERANK_FIELD_NUMBER: _ClassVar[int]
     LOCAL_FEATURE_TYPE_FIELD_NUMBER: _ClassVar[int]
     RERANK_DEPTH_FIELD_NUMBER: _ClassVar[int]
     INDEX_PARAMS_FIELD_NUMBER: _ClassVar[int]
+    TEXTURE_FEATURES_FIELD_NUMBER: _ClassVar[int]
     name: str
     default_rerank: _common_pb2.RerankMode
     local_feature_type: str
     rerank_depth: int
     index_params: _common_pb2.IndexParams
-    def __init__(self, name: _Optional[str] = ..., default_rerank: _Optional[_Union[_common_pb2.RerankMode, str]] = ..., local_feature_type: _Optional[str] = ..., rerank_depth: _Optional[int] = ..., index_params: _Optional[_Union[_common_pb2.IndexParams, _Mapping]] = ...) -> None: ...
+    texture_features: bool
+    def __init__(self, name: _Optional[str] = ..., default_rerank: _Optional[_Union[_common_pb2.RerankMode, str]] = ..., local_feature_type: _Optional[str] = ..., rerank_depth: _Optional[int] = ..., index_params: _Optional[_Union[_common_pb2.IndexParams, _Mapping]] = ..., texture_features: _Optional[bool] = ...) -> None: ...
 
 class IngestItem(_message.Message):
     __slots__ = ("id", "image", "label", "attributes")

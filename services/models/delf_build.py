@@ -13,7 +13,6 @@ import csv
 import json
 import os
 import time
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -77,23 +76,11 @@ def _read_rgb(path: Path) -> np.ndarray:
 
 def export_onnx(model: DelfLocalModel, path: Path) -> None:
     """ONNX: ``images`` [1,3,H,W] float32 (H, W dynamic) → ``features``, ``attention``."""
-    import torch
+    from services.models.export import export_torchscript
 
-    dummy = torch.zeros(1, 3, 224, 320, dtype=torch.float32)
     axes = {0: "batch", 2: "height", 3: "width"}
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(
-            model.eval(),
-            (dummy,),
-            str(path),
-            input_names=[INPUT_NAME],
-            output_names=list(OUTPUTS),
-            dynamic_axes={INPUT_NAME: axes, OUTPUTS[0]: axes, OUTPUTS[1]: axes},
-            opset_version=OPSET,
-            do_constant_folding=True,
-            dynamo=False,
-        )
+    dynamic = {INPUT_NAME: axes, OUTPUTS[0]: axes, OUTPUTS[1]: axes}
+    export_torchscript(model, (1, 3, 224, 320), path, list(OUTPUTS), dynamic, OPSET)
 
 
 def onnx_runner(path: Path) -> ScaleRunner:
@@ -140,16 +127,9 @@ def save_head(head: torch.nn.Module, path: Path) -> None:
 
 def up_to_date(model_dir: Path) -> dict[str, Any] | None:
     """The manifest when ``model_dir`` holds a complete build of :data:`VERSION`."""
-    manifest_path, onnx_path = model_dir / "manifest.json", model_dir / "model.onnx"
-    if not (manifest_path.is_file() and onnx_path.is_file()):
-        return None
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(manifest, dict) or manifest.get("version") != VERSION:
-        return None
-    return manifest if manifest.get("sha256") == sha256_file(onnx_path) else None
+    from services.models.build import up_to_date as built  # build imports this module
+
+    return built(model_dir, VERSION, (DEFAULT_BASE_SIDE, DEFAULT_BASE_SIDE))
 
 
 def build_local(

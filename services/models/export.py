@@ -36,7 +36,23 @@ def export_onnx(
     exporter (``dynamo=False``): it needs no onnxscript and gives a single self-contained file.
     """
     h, w = input_size
-    dummy = torch.zeros(1, 3, h, w, dtype=torch.float32)
+    batch_axis = {0: "batch"}
+    export_torchscript(
+        model, (1, 3, h, w), path, [OUTPUT_NAME], {INPUT_NAME: batch_axis, OUTPUT_NAME: batch_axis}
+    )
+
+
+def export_torchscript(
+    model: nn.Module,
+    example_shape: tuple[int, int, int, int],
+    path: Path,
+    output_names: list[str],
+    dynamic_axes: dict[str, dict[int, str]],
+    opset: int = OPSET,
+) -> None:
+    """``torch.onnx.export`` of ``model`` on a zero [N,3,H,W] float32 ``images`` example, with the
+    TorchScript exporter, constant folding and the named dynamic axes."""
+    dummy = torch.zeros(*example_shape, dtype=torch.float32)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
@@ -44,8 +60,8 @@ def export_onnx(
             (dummy,),
             str(path),
             input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            output_names=output_names,
+            dynamic_axes=dynamic_axes,
             opset_version=opset,
             do_constant_folding=True,
             dynamo=False,

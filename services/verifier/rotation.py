@@ -37,15 +37,16 @@ from services.verifier.geometry import (
 )
 
 DEFAULT_FIT_GROUPS = 2
-# DELF settings, chosen on the dev queries (UKBench groups 0-174, plain + transformed, mean N-S
-# of the two; bench/local_features_eval.py) for the learned-whitening descriptors of
-# delf-mobilenetv2-v2. A grid over ratio {0.9, 0.95}, residual {16, 20} px, min inliers
-# {6 ... 16}, inlier scale {5, 10, 20} and weight {0.3, 0.5, 1.0} peaked on a plateau (3.909,
-# against 3.727 without re-rank); ties were broken by the transformed queries' mAP, then by
-# the smaller weight: ratio 0.9, residual 20 px (~0.75 grid cells at the 640 px reference side;
-# DELF's own image_reranking uses 20 px), min inliers 8, a slowly saturating scale of 20
-# inliers and a weight of 0.3, gentler than RootSIFT's 0.5 because unrelated images reach
-# 8-14 inliers on a dense 40-d grid more often than with RootSIFT (99th percentile 5).
+# DELF settings, chosen on the dev queries (UKBench groups 0-174, plain + transformed, mean
+# N-S of the two) for the learned-whitening descriptors of delf-mobilenetv2-v2, by
+# bench/delf_settings_grid.py (bench/results/delf_settings_grid_dev.json): a grid over ratio
+# {0.9, 0.95}, residual {16, 20} px, min inliers {6 ... 16}, inlier scale {5, 10, 20} and weight
+# {0.3, 0.5, 1.0} peaked on a plateau (3.909, against 3.727 without re-rank); ties were broken
+# by the transformed queries' mAP, then by the smaller weight: ratio 0.9, residual 20 px (~0.75
+# grid cells at the 640 px reference side; DELF's own image_reranking uses 20 px), min inliers
+# 8, a slowly saturating scale of 20 inliers and a weight of 0.3, gentler than RootSIFT's 0.5
+# because unrelated images reach 9-14 DELF inliers at the 99th percentile, against 5 with
+# RootSIFT (bench/results/local_features_eval.json).
 DELF_RESIDUAL_PX = 20.0
 DELF_RATIO = 0.9
 DELF_MIN_INLIERS = 8

@@ -7,14 +7,9 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-import redis
 
 from services.common.metadata import CollectionConfig, RedisMetadataStore
-from services.common.objectstore import S3ObjectStore
 from services.gateway.reshard_store import PHASE_COPYING, RedisReshardStore, ReshardRecord
-from services.indexer.core import Shard
-from services.indexer.durability import ObjectSnapshotStore, RedisWriteAheadLog
-from visearch import localstack
 
 pytestmark = pytest.mark.integration
 
@@ -54,19 +49,11 @@ def test_record_and_lock(storage):
     assert store.lease.holder(name) is None
 
 
-def test_tombstones_survive_a_restart_through_redis_and_s3(storage):
-    redis_url, s3_endpoint = storage
-    client = redis.Redis.from_url(redis_url)
-    store = S3ObjectStore(s3_endpoint, localstack.S3_ACCESS_KEY, localstack.S3_SECRET_KEY)
+def test_tombstones_survive_a_restart_through_redis_and_s3(durable_shard):
     shard_id = int(uuid.uuid4().int % 1000) + 2000
 
     def make_shard():
-        return Shard(
-            shard_id,
-            1000,
-            RedisWriteAheadLog(client, shard_id),
-            ObjectSnapshotStore(store, "snapshots", client, shard_id),
-        )
+        return durable_shard(shard_id)
 
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((4, 16)).astype(np.float32)

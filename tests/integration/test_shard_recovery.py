@@ -29,19 +29,11 @@ from visearch.v1 import indexer_pb2, indexer_pb2_grpc
 pytestmark = pytest.mark.integration
 
 
-def test_recovery_on_real_redis_and_s3(storage):
-    redis_url, s3_endpoint = storage
-    client = redis.Redis.from_url(redis_url)
-    store = S3ObjectStore(s3_endpoint, localstack.S3_ACCESS_KEY, localstack.S3_SECRET_KEY)
+def test_recovery_on_real_redis_and_s3(durable_shard):
     shard_id = int(uuid.uuid4().int % 1000) + 100
 
     def make_shard():
-        return Shard(
-            shard_id,
-            1000,
-            RedisWriteAheadLog(client, shard_id),
-            ObjectSnapshotStore(store, "snapshots", client, shard_id),
-        )
+        return durable_shard(shard_id)
 
     rng = np.random.default_rng(2)
     original = make_shard()

@@ -1,7 +1,9 @@
 """Local features of one image (keypoints, scores, descriptors) and their storage form.
 
-Stored in the object store as an ``.npz`` archive under
-``features/<feature_type>/<sha256>.npz`` (see ``feature_key``). Archives are written
+Stored in the object store as an ``.npz`` archive under ``features/<feature_type>/<sha256>.npz``
+or, for a learned extractor, ``features/<feature_type>/<model_version>/<sha256>.npz`` (see
+``feature_key``): descriptors of two model versions live in different spaces, so a query is
+only ever matched against features of its own model version. Archives are written
 uncompressed by default (``COMPRESS_NPZ``): OpenCV's SIFT values are integer-valued before the
 root, so DEFLATE does save about 45 % of the bytes (~290 KB instead of ~525 KB at 1000 x 128),
 but decoding becomes ~4x slower (~3.5 ms instead of ~0.8 ms on a 2-core CPU) and reads sit on
@@ -47,6 +49,8 @@ class LocalFeatures:
             A query extracted at several rotations uses it (the verifier matches each group
             separately and keeps the best fit); it is not stored in ``to_npz``.
         rotations: one angle per group, or empty.
+        model_version: the learned local model that extracted them ("" for RootSIFT, whose
+            OpenCV SIFT has no versions); part of the storage key.
 
     Arrays are coerced to C-contiguous float32 on construction; inconsistent shapes raise
     InvalidArgumentError (features arrive over the wire and from storage).
@@ -60,6 +64,7 @@ class LocalFeatures:
     image_height: int
     group_sizes: tuple[int, ...] = ()
     rotations: tuple[float, ...] = ()
+    model_version: str = ""
 
     def __post_init__(self) -> None:
         keypoints = _as_float32(self.keypoints, "keypoints")
@@ -113,6 +118,7 @@ class LocalFeatures:
             scores=self.scores,
             descriptors=self.descriptors,
             image_size=np.array([self.image_width, self.image_height], dtype=np.int64),
+            model_version=np.array(self.model_version),
         )
         return buffer.getvalue()
 
@@ -125,6 +131,8 @@ class LocalFeatures:
                 if missing:
                     raise InvalidArgumentError(f"local features archive lacks {missing}")
                 arrays = {name: archive[name] for name in NPZ_FIELDS}
+                # Absent from archives written before model versions were stored.
+                version = archive["model_version"] if "model_version" in archive.files else None
         except InvalidArgumentError:
             raise
         except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
@@ -135,6 +143,8 @@ class LocalFeatures:
             raise InvalidArgumentError(f"bad image_size in archive: {image_size!r}")
         if feature_type.shape != () or feature_type.dtype.kind != "U":
             raise InvalidArgumentError("bad feature_type in archive")
+        if version is not None and (version.shape != () or version.dtype.kind != "U"):
+            raise InvalidArgumentError("bad model_version in archive")
         return cls(
             feature_type=str(feature_type),
             keypoints=arrays["keypoints"],
@@ -142,11 +152,17 @@ class LocalFeatures:
             descriptors=arrays["descriptors"],
             image_width=int(image_size[0]),
             image_height=int(image_size[1]),
+            model_version=str(version) if version is not None else "",
         )
 
 
-def feature_key(feature_type: str, sha256: str, bucket: str = FEATURES_BUCKET) -> str:
-    """Object key of an image's local features: "<bucket>/<feature_type>/<sha256>.npz"."""
+def feature_key(
+    feature_type: str, sha256: str, bucket: str = FEATURES_BUCKET, model_version: str = ""
+) -> str:
+    """Object key of an image's local features: "<bucket>/<feature_type>/<sha256>.npz", or
+    "<bucket>/<feature_type>/<model_version>/<sha256>.npz" for a learned extractor."""
+    if model_version:
+        return f"{bucket}/{feature_type}/{model_version}/{sha256}.npz"
     return f"{bucket}/{feature_type}/{sha256}.npz"
 
 

@@ -46,6 +46,7 @@ def local_features_to_proto(features: LocalFeatures) -> common_pb2.LocalFeatures
         image_height=features.image_height,
         group_sizes=list(features.group_sizes),
         rotations=list(features.rotations),
+        model_version=features.model_version,
     )
 
 
@@ -68,6 +69,7 @@ def local_features_from_proto(message: common_pb2.LocalFeatures) -> LocalFeature
         image_height=message.image_height,
         group_sizes=tuple(message.group_sizes),
         rotations=tuple(message.rotations),
+        model_version=message.model_version,
     )
 
 

@@ -118,10 +118,13 @@ class PcaWhitening:
 class DelfExtractor:
     """Image pyramid + per-scale network + top-N by attention + PCA (see module docstring)."""
 
-    def __init__(self, runner: ScaleRunner, pca: PcaWhitening, settings: DelfSettings) -> None:
+    def __init__(
+        self, runner: ScaleRunner, pca: PcaWhitening, settings: DelfSettings, version: str = ""
+    ) -> None:
         self._run = runner
         self._pca = pca
         self.settings = settings
+        self.version = version  # the local model's version, stamped on every extraction
         self._mean = np.asarray(settings.mean, dtype=np.float32)
         self._std = np.asarray(settings.std, dtype=np.float32)
 
@@ -206,6 +209,7 @@ class DelfExtractor:
             image_height=height,
             group_sizes=tuple(len(p[0]) for p in parts) if grouped else (),
             rotations=angles if grouped else (),
+            model_version=self.version,
         )
 
 
@@ -256,5 +260,8 @@ def load_delf(raw_manifest: dict[str, Any], runner: ScaleRunner) -> DelfExtracto
             f"model {raw_manifest.get('version')!r} is not a DELF local model (no PCA)"
         )
     return DelfExtractor(
-        runner, PcaWhitening.from_manifest(raw_manifest), DelfSettings.from_manifest(raw_manifest)
+        runner,
+        PcaWhitening.from_manifest(raw_manifest),
+        DelfSettings.from_manifest(raw_manifest),
+        version=str(raw_manifest.get("version", "")),
     )

@@ -275,9 +275,9 @@ class GatewayCore:
             image_key = f"{self._settings.images_bucket}/{digest}"
             if not self._s.store.exists(image_key):
                 self._s.store.put(image_key, images[position])
+            bucket, version = self._settings.features_bucket, features[position].model_version
             self._s.store.put(
-                feature_key(kind, digest, self._settings.features_bucket),
-                features[position].to_npz(),
+                feature_key(kind, digest, bucket, version), features[position].to_npz()
             )
             if textures is not None:
                 self._s.store.put(

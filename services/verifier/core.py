@@ -182,11 +182,18 @@ class GeometricReranker:
     def _score(
         self, query: LocalFeatures, candidate: Candidate, return_matches: bool = False
     ) -> RerankedCandidate:
-        key = feature_key(query.feature_type, candidate.sha256, self._features_bucket)
+        version = query.model_version
+        key = feature_key(query.feature_type, candidate.sha256, self._features_bucket, version)
         try:
             features = self._cache.get_or_load(key, self._store)
         except NotFoundError:
-            return _unverified(candidate, REASON_NO_FEATURES)
+            if not version:
+                return _unverified(candidate, REASON_NO_FEATURES)
+            return _unverified(
+                candidate,
+                f"{REASON_NO_FEATURES} of model {version} (ingested with another "
+                f"{query.feature_type} model? re-ingest the collection)",
+            )
         except InvalidArgumentError as exc:
             log.warning("candidate %s: cannot parse %s: %s", candidate.id, key, exc)
             return _unverified(candidate, REASON_BAD_FEATURES)

@@ -22,11 +22,14 @@ def delf_gallery(client, models_dir, tmp_path_factory):
     return {p.stem: p for p in samples}
 
 
-def test_ingest_stores_delf_features_under_their_type(stack, delf_gallery):
+def test_ingest_stores_delf_features_under_their_type_and_model_version(
+    stack, delf_gallery, models_dir
+):
+    newest = sorted((models_dir / "local").glob("*/manifest.json"))[-1].parent.name
     minio = Minio(
         stack.s3_endpoint, localstack.S3_ACCESS_KEY, localstack.S3_SECRET_KEY, secure=False
     )
-    stored = list(minio.list_objects("features", prefix="delf/", recursive=True))
+    stored = list(minio.list_objects("features", prefix=f"delf/{newest}/", recursive=True))
     assert len(stored) >= len(delf_gallery)
 
 

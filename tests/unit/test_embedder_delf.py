@@ -55,6 +55,7 @@ def test_delf_features_per_rotation_group(cores):
     image = skimage_data.coffee()  # 400 x 600
     (upright,) = with_delf.extract_local([jpeg(image)], "delf", 0)
     assert upright.feature_type == "delf" and upright.count == 200 and upright.dims == 40
+    assert upright.model_version.startswith("delf-mobilenetv2-")  # part of its storage key
     assert upright.group_sizes == () and upright.rotations == ()
     assert np.all(upright.keypoints >= 0) and np.all(upright.keypoints < [600, 400])
     (turned,) = with_delf.extract_local([jpeg(image)], "delf", 100, rotations=(0.0, 90.0, 180.0))

@@ -32,6 +32,7 @@ class DelfEmbedder(PixelEmbedder):
                 16,
                 group_sizes=(5,) * groups,
                 rotations=tuple(rotations) if groups else (),
+                model_version="delf-test-v1",
             )
             for _ in images
         ]
@@ -57,10 +58,12 @@ def test_delf_collection_stores_delf_features_and_searches_with_rotations():
         assert config.local_feature_type == "delf"
         (result,) = core.ingest("d", [IngestItem("a", image=jpeg(1))], create=False, timeout_s=None)
         assert embedder.calls == [("delf", ())]  # gallery images: upright only
-        assert store.exists(feature_key("delf", result.sha256, "features"))
+        assert store.exists(feature_key("delf", result.sha256, "features", "delf-test-v1"))
+        assert not store.exists(feature_key("delf", result.sha256, "features"))
         core.search(SearchQuery("d", image=jpeg(1), k=1, rerank="geometric"), None)
         assert embedder.calls[-1] == ("delf", QUERY_ROTATIONS["delf"])
         (query,) = verifier.queries
         assert query.rotations == QUERY_ROTATIONS["delf"] and len(query.group_sizes) == 4
+        assert query.model_version == "delf-test-v1"
     finally:
         core.close()

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from services.common.errors import InvalidArgumentError
 from services.common.local_features import LocalFeatures, feature_key
+from services.common.proto_convert import local_features_from_proto, local_features_to_proto
 
 
 def make_features(count: int = 5, dims: int = 128, seed: int = 0) -> LocalFeatures:
@@ -126,3 +128,28 @@ def test_constructor_validates_shapes():
 def test_feature_key():
     assert feature_key("rootsift", "ab12") == "features/rootsift/ab12.npz"
     assert feature_key("delg", "ff", bucket="feat") == "feat/delg/ff.npz"
+    assert feature_key("delf", "ff", model_version="delf-v2") == "features/delf/delf-v2/ff.npz"
+
+
+def test_model_version_survives_npz_and_the_wire():
+    features = replace(make_features(), model_version="delf-mobilenetv2-v2")
+    assert LocalFeatures.from_npz(features.to_npz()).model_version == "delf-mobilenetv2-v2"
+    wire = local_features_from_proto(local_features_to_proto(features))
+    assert wire.model_version == "delf-mobilenetv2-v2"
+    assert LocalFeatures.from_npz(make_features().to_npz()).model_version == ""
+
+
+def test_archives_without_a_model_version_still_load():
+    """Archives written before model versions were stored read as version ""."""
+    features = make_features()
+    buffer = io.BytesIO()
+    np.savez(
+        buffer,
+        feature_type=np.array("rootsift"),
+        keypoints=features.keypoints,
+        scores=features.scores,
+        descriptors=features.descriptors,
+        image_size=np.array([640, 480]),
+    )
+    loaded = LocalFeatures.from_npz(buffer.getvalue())
+    assert loaded.model_version == "" and loaded.count == features.count

@@ -112,7 +112,9 @@ def test_delf_rerank_pushes_a_global_look_alike_below_the_true_match(delf):
     query = delf.extract(query_image, 500, rotations=(0.0, 90.0, 180.0, 270.0))
     store = InMemoryObjectStore()
     for name, sha in (("ukbench00803.jpg", "true"), ("ukbench00804.jpg", "lookalike")):
-        store.put(feature_key("delf", sha), delf.extract(read_rgb(name), 500).to_npz())
+        stored = delf.extract(read_rgb(name), 500)
+        assert stored.model_version == query.model_version != ""
+        store.put(feature_key("delf", sha, model_version=stored.model_version), stored.to_npz())
     candidates = [Candidate("lookalike", "lookalike", 0.70), Candidate("true", "true", 0.60)]
     with GeometricReranker(
         store, GeometrySettings(), FusionSettings(), FeatureCache(1 << 26), max_workers=2

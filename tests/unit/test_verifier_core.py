@@ -104,6 +104,16 @@ def test_missing_and_corrupt_features_keep_the_global_score(reranker, query):
     assert ranked["true"].score > 0.90
 
 
+def test_features_of_another_model_version_are_never_matched(reranker, query):
+    """A learned query is matched only against features stored under its own model version:
+    the "true" candidate's features exist, but unversioned (another extractor), so it is not
+    verified and the reason says to re-ingest."""
+    versioned = replace(query, model_version="learned-v2")
+    (result,) = reranker.rerank(versioned, [Candidate("true", "true", 0.55)])
+    assert result.inliers == 0 and result.score == pytest.approx(0.55)
+    assert "of model learned-v2" in result.reason and "re-ingest" in result.reason
+
+
 def test_ties_keep_the_global_order(reranker, query):
     candidates = [Candidate(f"c{i}", f"missing{i}", 0.5) for i in range(6)]
     assert [r.id for r in reranker.rerank(query, candidates)] == [c.id for c in candidates]

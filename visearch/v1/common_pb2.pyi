@@ -33,7 +33,7 @@ class Vector(_message.Message):
     def __init__(self, values: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class LocalFeatures(_message.Message):
-    __slots__ = ("feature_type", "count", "dims", "keypoints", "scores", "descriptors", "image_width", "image_height", "group_sizes", "rotations")
+    __slots__ = ("feature_type", "count", "dims", "keypoints", "scores", "descriptors", "image_width", "image_height", "group_sizes", "rotations", "model_version")
     FEATURE_TYPE_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
     DIMS_FIELD_NUMBER: _ClassVar[int]
@@ -44,6 +44,7 @@ class LocalFeatures(_message.Message):
     IMAGE_HEIGHT_FIELD_NUMBER: _ClassVar[int]
     GROUP_SIZES_FIELD_NUMBER: _ClassVar[int]
     ROTATIONS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     feature_type: str
     count: int
     dims: int
@@ -54,7 +55,8 @@ class LocalFeatures(_message.Message):
     image_height: int
     group_sizes: _containers.RepeatedScalarFieldContainer[int]
     rotations: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, feature_type: _Optional[str] = ..., count: _Optional[int] = ..., dims: _Optional[int] = ..., keypoints: _Optional[bytes] = ..., scores: _Optional[bytes] = ..., descriptors: _Optional[bytes] = ..., image_width: _Optional[int] = ..., image_height: _Optional[int] = ..., group_sizes: _Optional[_Iterable[int]] = ..., rotations: _Optional[_Iterable[float]] = ...) -> None: ...
+    model_version: str
+    def __init__(self, feature_type: _Optional[str] = ..., count: _Optional[int] = ..., dims: _Optional[int] = ..., keypoints: _Optional[bytes] = ..., scores: _Optional[bytes] = ..., descriptors: _Optional[bytes] = ..., image_width: _Optional[int] = ..., image_height: _Optional[int] = ..., group_sizes: _Optional[_Iterable[int]] = ..., rotations: _Optional[_Iterable[float]] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class ItemMetadata(_message.Message):
     __slots__ = ("label", "attributes")

@@ -56,7 +56,8 @@ class ModelManifest:
             raise FailedPreconditionError(f"model manifest is incomplete: {exc}") from exc
 
 
-def file_sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of the file at ``path``, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -74,7 +75,7 @@ def load_local(model_dir: Path) -> tuple[ModelManifest, Path]:
             "`python -m services.models.build --out models`"
         )
     manifest = ModelManifest.from_json(manifest_path.read_text(encoding="utf-8"))
-    actual = file_sha256(model_path)
+    actual = sha256_file(model_path)
     if actual != manifest.sha256:
         raise FailedPreconditionError(
             f"{model_path} sha256 {actual[:12]} does not match its manifest {manifest.sha256[:12]}"

@@ -221,6 +221,11 @@ class RedisWriteAheadLog:
 
 
 class ObjectSnapshotStore:
+    """Snapshots as ``<bucket>/<collection>/<shard>/<seq>/`` folders, published by a Redis
+    pointer. After each save the folders older than the previous snapshot are deleted: the
+    previous one stays, so a reader that fetched the pointer just before the switch can still
+    load it."""
+
     def __init__(self, store: ObjectStore, bucket: str, client: redis.Redis, shard: int) -> None:
         self._store = store
         self._bucket = bucket
@@ -243,7 +248,26 @@ class ObjectSnapshotStore:
         pointer = {"seq": snapshot.seq, "key": key}
         if snapshot.searcher is not None:
             pointer["scann"] = self._save_searcher(prefix, snapshot.searcher)
-        self._redis.set(f"snap:{collection}:{self._shard}", json.dumps(pointer))
+        previous = self._redis.set(
+            f"snap:{collection}:{self._shard}", json.dumps(pointer), get=True
+        )
+        keep = {snapshot.seq}
+        if previous is not None:
+            keep.add(str(json.loads(previous)["seq"]))
+        self._delete_folders_except(collection, keep)
+
+    def _delete_folders_except(self, collection: str, keep: set[str]) -> None:
+        """Deletes this shard's snapshot folders of ``collection`` whose seq is not in ``keep``.
+        Failures are logged: the new snapshot is already published, and a later save retries."""
+        folder = f"{self._bucket}/{collection}/{self._shard}/"
+        try:
+            stale = [
+                k for k in self._store.list(folder) if k[len(folder) :].split("/")[0] not in keep
+            ]
+            for key in stale:
+                self._store.delete(key)
+        except Exception:  # listing errors come unwrapped from the S3 client
+            log.warning("could not delete old snapshots of %s", collection, exc_info=True)
 
     def _save_searcher(self, prefix: str, searcher: SerializedSearcher) -> str:
         """Uploads the searcher's files and their manifest; returns the manifest's key."""

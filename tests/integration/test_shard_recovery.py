@@ -58,6 +58,26 @@ def test_recovery_on_real_redis_and_s3(durable_shard):
     assert restarted._collections["a"].index.exact_threshold == 77
 
 
+def test_only_the_newest_two_snapshots_are_kept(durable_shard, storage):
+    """Each snapshot deletes the folders older than the previous one; recovery is unchanged."""
+    _, s3_endpoint = storage
+    store = S3ObjectStore(s3_endpoint, localstack.S3_ACCESS_KEY, localstack.S3_SECRET_KEY)
+    shard_id = int(uuid.uuid4().int % 1000) + 2100
+    shard = durable_shard(shard_id)
+    rng = np.random.default_rng(4)
+    seqs = []
+    for round_ in range(4):
+        shard.upsert("a", [f"v{round_}"], unit(rng, 1))
+        seqs.append(shard.snapshot("a"))
+    prefix = f"snapshots/a/{shard_id}/"
+    folders = {key[len(prefix) :].split("/")[0] for key in store.list(prefix)}
+    assert folders == set(seqs[-2:])
+    restarted = durable_shard(shard_id)
+    assert restarted.recover().from_snapshots == 1
+    found, _ = restarted.search("a", unit(rng, 1), 10)
+    assert sorted(hit.id for hit in found[0]) == [f"v{i}" for i in range(4)]
+
+
 def test_scann_searcher_snapshot_on_real_redis_and_s3(storage):
     """The serialized searcher round-trips through S3; a damaged object costs a rebuild."""
     redis_url, s3_endpoint = storage

@@ -12,6 +12,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
+from services.common.model_registry import sha256_file  # noqa: E402
 from services.models import build as build_mod  # noqa: E402
 from services.models.export import (  # noqa: E402
     IMAGENET_MEAN,
@@ -26,7 +27,6 @@ from services.models.weights import (  # noqa: E402
     WEIGHTS_SHA256,
     WeightsError,
     ensure_mobilenet_v2_weights,
-    sha256_file,
 )
 
 INPUT_SIZE = build_mod.DEFAULT_INPUT_SIZE

@@ -12,6 +12,7 @@ from local_features_report import local_features_section
 from report_index import index_sections
 from triplet_report import (
     triplet_flowers_section,
+    triplet_seeds_section,
     triplet_timing_section,
     triplet_ukbench_section,
 )
@@ -265,6 +266,12 @@ def main() -> None:
         report = load(name)
         if report is not None:
             lines += section(report)
+        if name == "triplet_eval_ukbench.json" and report is not None:
+            seeds = [
+                json.loads(p.read_text()) for p in RESULTS.glob("triplet_eval_ukbench_seed*.json")
+            ]
+            if seeds:
+                lines += triplet_seeds_section([report, *seeds])
     for path in sorted(RESULTS.glob("eval_*.json")):
         lines += eval_section(path.name, json.loads(path.read_text()))
     lines += [

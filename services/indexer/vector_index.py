@@ -26,6 +26,7 @@ from services.common.index_types import (
     ItemMeta,
     SearchFilter,
 )
+from services.indexer.fresh_rows import FreshRows
 from services.indexer.searcher_files import (
     SerializedSearcher,
     digests,
@@ -146,7 +147,7 @@ class VectorIndex:
         # Rows written since the serving searcher's data was copied (row -> write number).
         # They are also scored exactly and merged in, so a fresh write is always found even
         # where ScaNN's partitions or quantisation would miss it (read-your-writes).
-        self._fresh: dict[int, int] = {}
+        self._fresh = FreshRows(dims)
         self._writes = 0
         self._builder: threading.Thread | None = None
         self.rebuilds = 0
@@ -204,7 +205,7 @@ class VectorIndex:
             self._index_meta(row, metadata[position] if metadata is not None else ItemMeta())
             if self._scann is not None or self._pending is not None:
                 self._writes += 1
-                self._fresh[row] = self._writes
+                self._fresh.write(row, vector, self._writes)
         if self._scann is not None:
             self._scann.upsert(list(ids), vectors)
         if self._pending is not None:
@@ -255,7 +256,7 @@ class VectorIndex:
                 self._live[row] = False
                 self._ids[row] = None
                 self._free_rows.append(row)
-                self._fresh.pop(row, None)
+                self._fresh.discard(row)
             if self._scann is not None and present:
                 self._scann.delete(present)
             if self._pending is not None and present:
@@ -290,7 +291,7 @@ class VectorIndex:
                 docids=docids,
                 built_size=self._built_size,
                 changes_since_build=self._changes_since_build,
-                fresh_ids=[self._ids[row] or "" for row in self._fresh],
+                fresh_ids=[self._ids[row] or "" for row in self._fresh.rows()],
                 sha256=digests(files),
                 params=asdict(self._scann_params),
             )
@@ -335,12 +336,12 @@ class VectorIndex:
         self._scann_params = params
         self._built_size = serialized.built_size
         self._changes_since_build = serialized.changes_since_build
-        self._fresh = {}
+        self._fresh.clear()
         for image_id in serialized.fresh_ids:
             row = self._row_of.get(image_id)
             if row is not None:
                 self._writes += 1
-                self._fresh[row] = self._writes
+                self._fresh.write(row, self._matrix[row], self._writes)
         log.info("scann index loaded", extra={"fields": {"vectors": self.size}})
         return True
 
@@ -437,10 +438,12 @@ class VectorIndex:
         allowed: set[int] | None = None,
     ) -> list[list[Neighbor]]:
         """Merges exact scores of rows written since the last build into ANN results."""
-        fresh = [row for row in self._fresh if allowed is None or row in allowed]
-        if not fresh:
+        if not len(self._fresh):
             return results
-        exact = self._search_exact(queries, k, np.asarray(fresh, dtype=np.int64))
+        scores, rows = self._fresh.scores(queries, allowed)
+        if rows.size == 0:
+            return results
+        exact = self._top_k(scores, min(k, rows.size), rows)
         merged = []
         for approximate, fresh_hits in zip(results, exact, strict=True):
             best: dict[str, float] = {}
@@ -619,7 +622,7 @@ class VectorIndex:
             self._scann_params = scann_params_for(len(docids), overrides)
             self._built_size = len(docids)
             self._pending = None
-            self._fresh = {row: n for row, n in self._fresh.items() if n > writes_at_copy}
+            self._fresh.keep_after(writes_at_copy)
             self.rebuilds += 1
             log.info(
                 "scann index swapped in",

@@ -51,10 +51,13 @@ def test_empty_features_round_trip():
     assert restored.descriptors.shape == (0, 128)
 
 
-def test_compressed_archives_are_read_too():
+@pytest.mark.parametrize("save", [np.savez, np.savez_compressed])
+def test_older_and_compressed_archives_are_read_too(save):
+    """Compressed archives, and archives written before model versions were stored (read
+    as version "")."""
     features = make_features()
     buffer = io.BytesIO()
-    np.savez_compressed(
+    save(
         buffer,
         feature_type=np.array("rootsift"),
         keypoints=features.keypoints,
@@ -64,6 +67,7 @@ def test_compressed_archives_are_read_too():
     )
     restored = LocalFeatures.from_npz(buffer.getvalue())
     np.testing.assert_array_equal(restored.descriptors, features.descriptors)
+    assert restored.model_version == ""
 
 
 @pytest.mark.parametrize(
@@ -137,19 +141,3 @@ def test_model_version_survives_npz_and_the_wire():
     wire = local_features_from_proto(local_features_to_proto(features))
     assert wire.model_version == "delf-mobilenetv2-v2"
     assert LocalFeatures.from_npz(make_features().to_npz()).model_version == ""
-
-
-def test_archives_without_a_model_version_still_load():
-    """Archives written before model versions were stored read as version ""."""
-    features = make_features()
-    buffer = io.BytesIO()
-    np.savez(
-        buffer,
-        feature_type=np.array("rootsift"),
-        keypoints=features.keypoints,
-        scores=features.scores,
-        descriptors=features.descriptors,
-        image_size=np.array([640, 480]),
-    )
-    loaded = LocalFeatures.from_npz(buffer.getvalue())
-    assert loaded.model_version == "" and loaded.count == features.count

@@ -42,9 +42,10 @@ def test_random_writes_discards_and_swaps_match_brute_force():
             for r in want:
                 np.testing.assert_allclose(got[r], want[r], rtol=1e-5, atol=1e-6)
             allowed = {r for r in range(0, 300, 3)}
-            assert as_dict(*fresh.scores(queries, allowed)).keys() == brute_force(
-                queries, vectors, allowed
-            ).keys()
+            assert (
+                as_dict(*fresh.scores(queries, allowed)).keys()
+                == brute_force(queries, vectors, allowed).keys()
+            )
     assert fresh.rows() == sorted(truth, key=lambda r: truth[r][0])  # write order
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from services.common.errors import InvalidArgumentError
+from services.common.model_registry import check_version
 
 FEATURES_BUCKET = "features"
 NPZ_FIELDS = ("feature_type", "keypoints", "scores", "descriptors", "image_size")
@@ -84,6 +85,8 @@ class LocalFeatures:
                 f"image size must be positive, got {self.image_width}x{self.image_height}"
             )
         _check_groups(self.group_sizes, self.rotations, count)
+        if self.model_version:
+            check_version(self.model_version)  # it becomes part of a storage key
         object.__setattr__(self, "group_sizes", tuple(int(g) for g in self.group_sizes))
         object.__setattr__(self, "rotations", tuple(float(r) for r in self.rotations))
         object.__setattr__(self, "keypoints", keypoints)

@@ -141,3 +141,5 @@ def test_model_version_survives_npz_and_the_wire():
     wire = local_features_from_proto(local_features_to_proto(features))
     assert wire.model_version == "delf-mobilenetv2-v2"
     assert LocalFeatures.from_npz(make_features().to_npz()).model_version == ""
+    with pytest.raises(InvalidArgumentError, match="model version"):
+        replace(make_features(), model_version="../images/x")  # never a path in a storage key

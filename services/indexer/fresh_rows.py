@@ -1,9 +1,9 @@
 """Rows written since the serving ScaNN searcher's data was copied, scored exactly per query.
 
 Their vectors are kept in a contiguous buffer beside the index matrix, so that scoring them is
-one matrix product over that buffer. Gathering them from the matrix on every query (a fancy
-index over up to ``MAX_FRESH_ROWS`` rows: 20 MB at 256 dims, 100 MB at 1280) took most of a
-query's time while many rows were fresh (bench/results/rebuild_under_load.json, "steady").
+one matrix product over that buffer, instead of gathering them from the matrix on every query
+(a fancy index over up to ``MAX_FRESH_ROWS`` rows: 20 MB at 256 dims, 100 MB at 1280); 2.8-5.3x
+faster per query in bench/fresh_rows.py (bench/results/fresh_rows.json).
 Not thread-safe: the index calls it with its lock held.
 """
 

@@ -1,11 +1,23 @@
 """Session fixtures shared by unit and integration tests."""
 
+import logging
 import os
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def restore_root_logging():
+    """A tested main() points the root logger at this test's captured stderr, which pytest
+    closes afterwards; later tests' background threads would log into the closed stream."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")

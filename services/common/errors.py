@@ -36,6 +36,12 @@ class FailedPreconditionError(VisearchError):
     status = "FAILED_PRECONDITION"
 
 
+class AbortedError(VisearchError):
+    """A concurrency check refused the call (it lost a race): retrying it as-is is wrong."""
+
+    status = "ABORTED"
+
+
 class ResourceExhaustedError(VisearchError):
     status = "RESOURCE_EXHAUSTED"
 
@@ -63,6 +69,7 @@ ERRORS_BY_STATUS: dict[str, type[VisearchError]] = {
         NotFoundError,
         AlreadyExistsError,
         FailedPreconditionError,
+        AbortedError,
         ResourceExhaustedError,
         UnavailableError,
         DeadlineExceededError,

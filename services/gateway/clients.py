@@ -117,12 +117,16 @@ class GrpcShard:
         vectors: np.ndarray,
         metadata: list[ItemMeta],
         overrides: IndexOverrides,
+        fence: str,
         timeout: float | None,
     ) -> int:
-        request = _upsert_request(
-            collection, ids, vectors, metadata, overrides, only_if_absent=True
-        )
+        request = _upsert_request(collection, ids, vectors, metadata, overrides, fence)
         return call(self._stub.Upsert, request, timeout=timeout, peer=self._peer).upserted
+
+    def set_copy_fence(self, collection: str, job_id: str, timeout: float | None) -> str:
+        request = indexer_pb2.SetCopyFenceRequest(collection=collection, job_id=job_id)
+        response = call(self._stub.SetCopyFence, request, timeout=timeout, peer=self._peer)
+        return response.previous_job_id
 
     def fetch(
         self,
@@ -258,14 +262,16 @@ def _upsert_request(
     vectors: np.ndarray,
     metadata: list[ItemMeta],
     overrides: IndexOverrides,
-    only_if_absent: bool = False,
+    copy_fence: str = "",
 ) -> indexer_pb2.UpsertRequest:
-    """vectors: float32 [n, d], one row per id."""
+    """vectors: float32 [n, d], one row per id; copy_fence: a reshard job's id for a copy
+    (only-if-absent upsert), "" for an ordinary upsert."""
     return indexer_pb2.UpsertRequest(
         collection=collection,
         ids=ids,
         vectors=vectors_to_proto(vectors),
         metadata=[metadata_to_proto(m.label, m.attributes) for m in metadata],
         params=index_params_to_proto(overrides),
-        only_if_absent=only_if_absent,
+        only_if_absent=bool(copy_fence),
+        copy_fence=copy_fence,
     )

@@ -18,7 +18,12 @@ The job (one per collection, run by whichever gateway replica holds its lock):
      after the copier scanned it is redone under the new layout by its own gateway,
      which re-reads the config after writing (services/gateway/routing.py).
    Copies go through the shard's normal write path: logged in its WAL before applied.
-3. **Flip**: set `shards = M, target_shards = 0` in one compare-and-set.
+   Each copy names the job, and a shard accepts copies only from the job its copy fence
+   names (set before copying, by whichever replica holds the job's lock). So a copier
+   that stalled past the lock's TTL cannot land a copy after the window closed, when a
+   delete no longer leaves a tombstone.
+3. **Flip**: close the copy fences, then set `shards = M, target_shards = 0` in one
+   compare-and-set.
 4. **Clean up**: delete the moved ids from their old shards (no gateway writes there any
    more; a straggler that does redoes its write under the new layout), then clear the
    tombstones.
@@ -44,6 +49,7 @@ from typing import Protocol, TypeVar
 import numpy as np
 
 from services.common.errors import (
+    AbortedError,
     DeadlineExceededError,
     FailedPreconditionError,
     NotFoundError,
@@ -97,9 +103,15 @@ class ReshardShardPort(Protocol):
         vectors: np.ndarray,
         metadata: list[ItemMeta],
         overrides: IndexOverrides,
+        fence: str,
         timeout: float | None,
     ) -> int:
-        """Upsert only-if-absent; returns how many were written."""
+        """Upsert only-if-absent from reshard job `fence`; returns how many were written.
+        Raises AbortedError unless the shard's copy fence names `fence`."""
+        ...
+
+    def set_copy_fence(self, collection: str, job_id: str, timeout: float | None) -> str:
+        """Accept copies from job `job_id` only ("" = none); returns the previous job."""
         ...
 
     def delete(
@@ -292,6 +304,7 @@ class Resharder:
                 record = self._new_record(config, shards)
         elif not cleaning:
             record = self._open_window(config, shards)
+        record.job_id = record.job_id or uuid.uuid4().hex  # a record saved before job ids
         record.error = ""
         self._store.save(record)
         if record.phase == PHASE_COPYING:
@@ -309,6 +322,7 @@ class Resharder:
             PHASE_COPYING,
             total=self._sizes(config.index_name, old),
             namespace=config.index_name,
+            job_id=uuid.uuid4().hex,
             started_at=time.time(),
         )
 
@@ -330,6 +344,9 @@ class Resharder:
     def _copy(self, record: ReshardRecord) -> None:
         config = self._config(record.collection)
         overrides = self._overrides_of(config)
+        self._renew(record)
+        for target in range(record.to_shards):
+            self._set_fence(record, target, record.job_id)
         for source in range(record.from_shards):
             if source in record.done_shards:
                 continue
@@ -339,20 +356,50 @@ class Resharder:
                     by_target[shard_of(image_id, record.to_shards)].append(position)
                 for target, positions in by_target.items():
                     self._renew(record)
-                    written = self._retry(
-                        lambda t=target, p=positions, page=page: self._shards[t].copy_if_absent(
-                            record.namespace,
-                            [page.ids[i] for i in p],
-                            page.vectors[p],
-                            [page.metadata[i] for i in p],
-                            overrides,
-                            self._rpc(),
-                        )
+                    written = self._copy_to(
+                        record,
+                        target,
+                        [page.ids[i] for i in positions],
+                        page.vectors[positions],
+                        [page.metadata[i] for i in positions],
+                        overrides,
                     )
                     record.copied += written
                     record.skipped += len(positions) - written
 
+    def _copy_to(
+        self,
+        record: ReshardRecord,
+        target: int,
+        ids: list[str],
+        vectors: np.ndarray,
+        metadata: list[ItemMeta],
+        overrides: IndexOverrides,
+    ) -> int:
+        """vectors: float32 [len(ids), d]. Returns how many the target shard wrote."""
+
+        def copy() -> int:
+            return self._shards[target].copy_if_absent(
+                record.namespace, ids, vectors, metadata, overrides, record.job_id, self._rpc()
+            )
+
+        try:
+            return self._retry(copy)
+        except AbortedError:
+            # The shard restarted (fences live in its memory), or this replica stalled and
+            # the job moved on without it; only the lock's holder may set the fence again.
+            self._renew(record)
+            self._set_fence(record, target, record.job_id)
+            return self._retry(copy)
+
+    def _set_fence(self, record: ReshardRecord, shard: int, job_id: str) -> None:
+        self._retry(
+            lambda: self._shards[shard].set_copy_fence(record.namespace, job_id, self._rpc())
+        )
+
     def _flip(self, record: ReshardRecord) -> None:
+        for target in range(record.to_shards):
+            self._set_fence(record, target, "")
         self._update_config(
             record.collection,
             lambda c: c.target_shards == record.to_shards,

@@ -11,7 +11,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from services.common.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
+from services.common.errors import (
+    AbortedError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+)
 from services.common.index_types import NO_FILTER, IndexOverrides, ItemMeta, SearchFilter
 from services.common.sharding import shard_of
 from services.indexer.durability import (
@@ -109,6 +114,10 @@ class Shard:
         # copy) skips them. Guarded by the collection's write_lock, or by _lock while the
         # collection has no index on this shard yet.
         self._tombstones: dict[str, set[str]] = {}
+        # The reshard job whose copies each collection accepts (set_copy_fence). In memory
+        # only: a restarted shard accepts no copies until the job names itself again.
+        # Same locking as _tombstones.
+        self._copy_fences: dict[str, str] = {}
         # Fetch page tokens name this incarnation: rows are renumbered by a restart.
         self.instance = uuid.uuid4().hex[:12]
 
@@ -130,7 +139,7 @@ class Shard:
 
         Returns the collection's size.
         """
-        return self._write(collection, ids, vectors, metadata, overrides, only_if_absent=False)[1]
+        return self._write(collection, ids, vectors, metadata, overrides, fence="")[1]
 
     def upsert_if_absent(
         self,
@@ -139,11 +148,19 @@ class Shard:
         vectors: np.ndarray,
         metadata: list[ItemMeta] | None = None,
         overrides: IndexOverrides | None = None,
+        *,
+        fence: str,
     ) -> tuple[int, int]:
-        """A reshard copy: writes only the ids this shard neither holds nor has a tombstone
-        for, deciding and writing under the collection's write lock (so no write or delete
-        of the same id interleaves). Returns (written, size afterwards)."""
-        return self._write(collection, ids, vectors, metadata, overrides, only_if_absent=True)
+        """A reshard copy from job `fence`: writes only the ids this shard neither holds nor
+        has a tombstone for, deciding and writing under the collection's write lock (so no
+        write or delete of the same id interleaves). Returns (written, size afterwards).
+
+        Raises AbortedError unless the collection's copy fence names `fence`.
+        """
+        if not fence:
+            raise InvalidArgumentError("a reshard copy (only_if_absent) needs its job's id")
+        self._check_fence(collection, fence)  # before creating the collection here
+        return self._write(collection, ids, vectors, metadata, overrides, fence=fence)
 
     def _write(
         self,
@@ -152,8 +169,9 @@ class Shard:
         vectors: np.ndarray,
         metadata: list[ItemMeta] | None,
         overrides: IndexOverrides | None,
-        only_if_absent: bool,
+        fence: str,
     ) -> tuple[int, int]:
+        """fence: "" for an ordinary upsert, else a reshard copy from that job."""
         check_index_name(collection)
         if len(set(ids)) != len(ids):
             raise InvalidArgumentError("duplicate ids in one upsert")
@@ -165,7 +183,8 @@ class Shard:
             raise InvalidArgumentError(f"{len(ids)} ids but {len(metadata)} metadata entries")
         with entry.write_lock:
             tombstones = self._tombstones.get(collection, set())
-            if only_if_absent:
+            if fence:
+                self._check_fence(collection, fence)
                 keep = [
                     p
                     for p, image_id in enumerate(ids)
@@ -233,6 +252,34 @@ class Shard:
                     entry.wal_lag_entries += 1
             self._tombstones.pop(collection, None)
         return cleared
+
+    def set_copy_fence(self, collection: str, job_id: str) -> str:
+        """Accepts reshard copies of `collection` from job `job_id` only ("" = from none);
+        returns the job the fence named before. Waits for copies in flight, so none from
+        another job lands after it returns."""
+        check_index_name(collection)
+        with self._lock:
+            entry = self._collections.get(collection)
+            if entry is None:
+                return self._swap_fence(collection, job_id)
+        with entry.write_lock:
+            return self._swap_fence(collection, job_id)
+
+    def _swap_fence(self, collection: str, job_id: str) -> str:
+        previous = self._copy_fences.pop(collection, "")
+        if job_id:
+            self._copy_fences[collection] = job_id
+        return previous
+
+    def _check_fence(self, collection: str, fence: str) -> None:
+        accepted = self._copy_fences.get(collection, "")
+        if accepted != fence:
+            raise AbortedError(
+                f"shard {self.shard_id} refused a reshard copy into {collection!r} from job "
+                f"{fence!r}: it accepts copies from "
+                f"{'job ' + repr(accepted) if accepted else 'no job'} (the job flipped, "
+                "finished or restarted since; `visearch reshard` resumes it)"
+            )
 
     def tombstones(self, collection: str) -> int:
         return len(self._tombstones.get(collection, ()))
@@ -422,6 +469,7 @@ class Shard:
         with self._lock:
             entry = self._collections.pop(collection, None)
             self._tombstones.pop(collection, None)
+            self._copy_fences.pop(collection, None)
         size = 0
         if entry is not None:
             with entry.write_lock:  # waits for a write in progress to be logged first

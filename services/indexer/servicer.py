@@ -71,7 +71,12 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
         )
         if request.only_if_absent:
             upserted, size = self._shard.upsert_if_absent(
-                request.collection, list(request.ids), vectors, metadata, overrides
+                request.collection,
+                list(request.ids),
+                vectors,
+                metadata,
+                overrides,
+                fence=request.copy_fence,
             )
         else:
             upserted = len(request.ids)
@@ -155,6 +160,12 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
         return indexer_pb2.ClearTombstonesResponse(
             cleared=self._shard.clear_tombstones(request.collection)
         )
+
+    def SetCopyFence(
+        self, request: indexer_pb2.SetCopyFenceRequest, context: grpc.ServicerContext
+    ) -> indexer_pb2.SetCopyFenceResponse:
+        previous = self._shard.set_copy_fence(request.collection, request.job_id)
+        return indexer_pb2.SetCopyFenceResponse(previous_job_id=previous)
 
     def DropCollection(
         self, request: indexer_pb2.DropCollectionRequest, context: grpc.ServicerContext

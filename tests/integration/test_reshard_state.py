@@ -68,5 +68,6 @@ def test_tombstones_survive_a_restart_through_redis_and_s3(durable_shard):
     restarted.recover()
     assert restarted.tombstones("t") == 3
     ids = ["before-any-vector", "in-snapshot", "after-snapshot", "b"]
-    assert restarted.upsert_if_absent("t", ids, vectors)[0] == 1
+    restarted.set_copy_fence("t", "job")
+    assert restarted.upsert_if_absent("t", ids, vectors, fence="job")[0] == 1
     assert sorted(restarted.fetch("t", ids_only=True).ids) == ["a", "b"]

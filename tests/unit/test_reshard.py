@@ -3,6 +3,7 @@ and scans, the layout routing, and the job under concurrent writes, deletes and 
 
 import random
 import threading
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -10,7 +11,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from services.common.errors import FailedPreconditionError
+from services.common.errors import AbortedError, FailedPreconditionError, InvalidArgumentError
 from services.common.index_types import NO_FILTER, NO_OVERRIDES, ItemMeta
 from services.common.metadata import CollectionConfig, InMemoryMetadataStore
 from services.common.objectstore import InMemoryObjectStore
@@ -44,8 +45,13 @@ class InProcessShard:
     def upsert(self, collection, ids, vectors, metadata, overrides, timeout):
         self.core.upsert(collection, ids, vectors, metadata, overrides)
 
-    def copy_if_absent(self, collection, ids, vectors, metadata, overrides, timeout):
-        return self.core.upsert_if_absent(collection, ids, vectors, metadata, overrides)[0]
+    def copy_if_absent(self, collection, ids, vectors, metadata, overrides, fence, timeout):
+        return self.core.upsert_if_absent(
+            collection, ids, vectors, metadata, overrides, fence=fence
+        )[0]
+
+    def set_copy_fence(self, collection, job_id, timeout):
+        return self.core.set_copy_fence(collection, job_id)
 
     def delete(self, collection, ids, timeout, tombstone=False):
         return self.core.delete(collection, ids, tombstone)[0]
@@ -88,7 +94,8 @@ def test_upsert_if_absent_skips_present_and_tombstoned_ids():
     newer, old = unit(rng, 1), unit(rng, 3)
     shard.upsert("c", ["a"], newer)
     shard.delete("c", ["b"], tombstone=True)
-    written, size = shard.upsert_if_absent("c", ["a", "b", "x"], old)
+    shard.set_copy_fence("c", "job")
+    written, size = shard.upsert_if_absent("c", ["a", "b", "x"], old, fence="job")
     assert (written, size) == (1, 2)
     ids, vectors, _ = shard._collections["c"].index.export()
     assert sorted(ids) == ["a", "x"]
@@ -98,14 +105,15 @@ def test_upsert_if_absent_skips_present_and_tombstoned_ids():
     assert shard.tombstones("c") == 0
     shard.delete("c", ["b"], tombstone=True)
     assert shard.clear_tombstones("c") == 1
-    assert shard.upsert_if_absent("c", ["b"], old[1:2])[0] == 1
+    assert shard.upsert_if_absent("c", ["b"], old[1:2], fence="job")[0] == 1
 
 
 def test_tombstone_on_a_shard_without_the_collection_yet():
     rng = np.random.default_rng(1)
     shard = Shard(3, 1000)
     assert shard.delete("c", ["gone"], tombstone=True) == (0, 0)
-    assert shard.upsert_if_absent("c", ["gone", "kept"], unit(rng, 2))[0] == 1
+    shard.set_copy_fence("c", "job")
+    assert shard.upsert_if_absent("c", ["gone", "kept"], unit(rng, 2), fence="job")[0] == 1
     assert shard.fetch("c", ids_only=True).ids == ["kept"]
 
 
@@ -121,11 +129,40 @@ def test_tombstones_survive_log_replay_and_snapshots():
     restarted = Shard(0, 1000, wal, snapshots)
     restarted.recover()
     assert restarted.tombstones("c") == 3
-    assert restarted.upsert_if_absent("c", ["early", "t1", "t2", "new"], unit(rng, 4))[0] == 1
+    restarted.set_copy_fence("c", "job")
+    copies = unit(rng, 4)
+    assert (
+        restarted.upsert_if_absent("c", ["early", "t1", "t2", "new"], copies, fence="job")[0] == 1
+    )
     restarted.clear_tombstones("c")
     again = Shard(0, 1000, wal, snapshots)
     again.recover()
     assert again.tombstones("c") == 0
+
+
+def test_the_copy_fence_admits_one_job_and_a_restart_forgets_it():
+    rng = np.random.default_rng(6)
+    wal, snapshots = InMemoryWriteAheadLog(), InMemorySnapshotStore()
+    shard = Shard(2, 1000, wal, snapshots)
+    with pytest.raises(AbortedError, match="accepts copies from no job"):
+        shard.upsert_if_absent("c", ["a"], unit(rng, 1), fence="job-1")
+    assert shard.stats() == []  # a refused copy does not create the collection
+    with pytest.raises(InvalidArgumentError, match="needs its job's id"):
+        shard.upsert_if_absent("c", ["a"], unit(rng, 1), fence="")
+    assert shard.set_copy_fence("c", "job-1") == ""
+    assert shard.upsert_if_absent("c", ["a"], unit(rng, 1), fence="job-1")[0] == 1
+    assert shard.set_copy_fence("c", "job-2") == "job-1"
+    with pytest.raises(AbortedError, match="from job 'job-1': it accepts copies from job 'job-2'"):
+        shard.upsert_if_absent("c", ["b"], unit(rng, 1), fence="job-1")
+    assert shard.set_copy_fence("c", "") == "job-2"
+    with pytest.raises(AbortedError):
+        shard.upsert_if_absent("c", ["b"], unit(rng, 1), fence="job-2")
+    shard.set_copy_fence("c", "job-2")
+    restarted = Shard(2, 1000, wal, snapshots)
+    restarted.recover()
+    with pytest.raises(AbortedError):
+        restarted.upsert_if_absent("c", ["b"], unit(rng, 1), fence="job-2")
+    assert restarted.fetch("c", ids_only=True).ids == ["a"]
 
 
 def test_fetch_pages_moved_ids_once_and_refuses_tokens_of_another_run():
@@ -314,13 +351,13 @@ def test_a_delete_or_write_between_the_copiers_read_and_its_copy_wins():
     original = target.copy_if_absent
     raced: dict[str, str] = {}
 
-    def race_then_copy(collection, ids, vectors, metadata, overrides, timeout):
+    def race_then_copy(collection, ids, vectors, metadata, overrides, fence, timeout):
         if not raced and len(ids) >= 2:
             # The copier holds these ids' old versions; a delete and a newer write land now.
             raced["deleted"], raced["written"] = ids[0], ids[1]
             cluster.delete([ids[0]])
             cluster.upsert([ids[1]])
-        return original(collection, ids, vectors, metadata, overrides, timeout)
+        return original(collection, ids, vectors, metadata, overrides, fence, timeout)
 
     target.copy_if_absent = race_then_copy
     cluster.resharder.start("c", 3)
@@ -328,6 +365,67 @@ def test_a_delete_or_write_between_the_copiers_read_and_its_copy_wins():
     assert cluster.resharder.status("c").phase == "done" and raced
     assert raced["deleted"] not in cluster.placement()
     cluster.check_exactly_once(3)  # including the newer vector of raced["written"]
+
+
+def test_a_copier_that_stalls_past_its_jobs_end_cannot_resurrect_a_delete():
+    cluster = Cluster(4, 2)
+    cluster.upsert([f"id-{i}" for i in range(200)])
+    target = cluster.shards[2]  # growing 2 -> 3 copies onto shard 2 only
+    original = target.copy_if_absent
+    stalled, resume, outcome = threading.Event(), threading.Event(), {}
+
+    def stall_first_copy(collection, ids, *args):
+        if stalled.is_set():
+            return original(collection, ids, *args)
+        outcome["ids"] = ids
+        stalled.set()
+        resume.wait(30)  # a GC pause or a partitioned gateway; its lock expires meanwhile
+        try:
+            outcome["written"] = original(collection, ids, *args)
+        except AbortedError as exc:
+            outcome["refused"] = exc.message
+            raise
+
+    target.copy_if_absent = stall_first_copy
+    short_lock = replace(cluster.settings, lock_ttl_s=0.3)
+    stale = Resharder(cluster.shards, cluster.metadata, cluster.store, lambda c: NO_OVERRIDES,
+                      short_lock)  # fmt: skip
+    stale.start("c", 3)
+    assert stalled.wait(30)
+    deleted = outcome["ids"][0]
+    cluster.delete([deleted])  # in the window: a tombstone on shard 2
+    time.sleep(0.5)
+    cluster.resharder.start("c", 3)  # another replica takes the job over and finishes it
+    cluster.resharder.wait("c", 30)
+    assert cluster.resharder.status("c").phase == "done"
+    assert target.core.tombstones("c") == 0
+    resume.set()  # the stalled copy of `deleted` (and its page) lands now
+    stale.wait("c", 30)
+    assert "written" not in outcome and "accepts copies from no job" in outcome["refused"]
+    assert deleted not in cluster.placement()
+    cluster.check_exactly_once(3)
+
+
+def test_a_restarted_target_shard_is_fenced_again_and_the_copy_goes_on():
+    cluster = Cluster(4, 2)
+    cluster.upsert([f"id-{i}" for i in range(300)])
+    target = cluster.shards[2]
+    original = target.copy_if_absent
+    calls = {"n": 0}
+
+    def restart_before_second_copy(*args):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            target.restart()  # forgets the copy fence
+        return original(*args)
+
+    target.copy_if_absent = restart_before_second_copy
+    cluster.resharder.start("c", 3)
+    cluster.resharder.wait("c", 30)
+    status = cluster.resharder.status("c")
+    assert (status.phase, status.error) == ("done", "")
+    assert calls["n"] > 3
+    cluster.check_exactly_once(3)
 
 
 def test_a_job_stopped_mid_copy_resumes_and_refuses_another_target():
@@ -434,10 +532,13 @@ def test_gateway_searches_both_layouts_once_and_writes_to_the_new_one():
         assert stable.shards == 2
         metadata.update_collection(stable, replace(stable, target_shards=3))
         # The copier's work, done by hand: every moved id is on its new shard too.
+        shards[2].core.set_copy_fence("c", "by-hand")
         for source in range(2):
             page = shards[source].core.fetch("c", limit=100, moved_under_shards=3)
             for i, v, m in zip(page.ids, page.vectors, page.metadata, strict=True):
-                shards[shard_of(i, 3)].core.upsert_if_absent("c", [i], v[None], [m])
+                shards[shard_of(i, 3)].core.upsert_if_absent(
+                    "c", [i], v[None], [m], fence="by-hand"
+                )
         assert sum(len(s.ids("c")) for s in shards) > 12  # moved ids are on two shards
         hits = core.search(SearchQuery("c", image=jpeg(0), k=50, rerank="none"), None).hits
         assert sorted(h.id for h in hits) == sorted(i.id for i in items)  # each exactly once

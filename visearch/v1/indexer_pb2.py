@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from visearch.v1 import common_pb2 as visearch_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19visearch/v1/indexer.proto\x12\x0bvisearch.v1\x1a\x18visearch/v1/common.proto\"+\n\x15\x44ropCollectionRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\")\n\x16\x44ropCollectionResponse\x12\x0f\n\x07\x64ropped\x18\x01 \x01(\x03\"s\n\x0c\x46\x65tchRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\x12\x1a\n\x12moved_under_shards\x18\x04 \x01(\x05\x12\x10\n\x08ids_only\x18\x05 \x01(\x08\"\xa7\x01\n\rFetchResponse\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12$\n\x07vectors\x18\x02 \x03(\x0b\x32\x13.visearch.v1.Vector\x12+\n\x08metadata\x18\x03 \x03(\x0b\x32\x19.visearch.v1.ItemMetadata\x12\x17\n\x0fnext_page_token\x18\x04 \x01(\t\x12\x0f\n\x07scanned\x18\x05 \x01(\x03\x12\x0c\n\x04size\x18\x06 \x01(\x03\",\n\x16\x43learTombstonesRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\"*\n\x17\x43learTombstonesResponse\x12\x0f\n\x07\x63leared\x18\x01 \x01(\x03\"%\n\x0fSnapshotRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\"\x89\x01\n\x10SnapshotResponse\x12\x42\n\x0b\x63overed_seq\x18\x01 \x03(\x0b\x32-.visearch.v1.SnapshotResponse.CoveredSeqEntry\x1a\x31\n\x0f\x43overedSeqEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc5\x01\n\rUpsertRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\x12$\n\x07vectors\x18\x03 \x03(\x0b\x32\x13.visearch.v1.Vector\x12+\n\x08metadata\x18\x04 \x03(\x0b\x32\x19.visearch.v1.ItemMetadata\x12(\n\x06params\x18\x05 \x01(\x0b\x32\x18.visearch.v1.IndexParams\x12\x16\n\x0eonly_if_absent\x18\x14 \x01(\x08\"0\n\x0eUpsertResponse\x12\x10\n\x08upserted\x18\x01 \x01(\x05\x12\x0c\n\x04size\x18\x02 \x01(\x03\"H\n\x12IndexDeleteRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\x12\x11\n\ttombstone\x18\x14 \x01(\x08\"4\n\x13IndexDeleteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x05\x12\x0c\n\x04size\x18\x02 \x01(\x03\"~\n\x12IndexSearchRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12$\n\x07queries\x18\x02 \x03(\x0b\x32\x13.visearch.v1.Vector\x12\t\n\x01k\x18\x03 \x01(\x05\x12#\n\x06\x66ilter\x18\x04 \x01(\x0b\x32\x13.visearch.v1.Filter\"%\n\x08Neighbor\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"8\n\x0cNeighborList\x12(\n\tneighbors\x18\x01 \x03(\x0b\x32\x15.visearch.v1.Neighbor\"`\n\x13IndexSearchResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.visearch.v1.NeighborList\x12\r\n\x05shard\x18\x02 \x01(\x05\x12\x0e\n\x06method\x18\x03 \x01(\t\"\'\n\x11IndexStatsRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\"\x81\x01\n\x14\x43ollectionIndexStats\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x0c\n\x04\x64ims\x18\x03 \x01(\x05\x12\x0e\n\x06method\x18\x04 \x01(\t\x12\x13\n\x0b\x61pplied_seq\x18\x05 \x01(\t\x12\x14\n\x0csnapshot_seq\x18\x06 \x01(\t\"[\n\x12IndexStatsResponse\x12\r\n\x05shard\x18\x01 \x01(\x05\x12\x36\n\x0b\x63ollections\x18\x02 \x03(\x0b\x32!.visearch.v1.CollectionIndexStats2\xf2\x04\n\x07Indexer\x12\x41\n\x06Upsert\x12\x1a.visearch.v1.UpsertRequest\x1a\x1b.visearch.v1.UpsertResponse\x12K\n\x06\x44\x65lete\x12\x1f.visearch.v1.IndexDeleteRequest\x1a .visearch.v1.IndexDeleteResponse\x12K\n\x06Search\x12\x1f.visearch.v1.IndexSearchRequest\x1a .visearch.v1.IndexSearchResponse\x12H\n\x05Stats\x12\x1e.visearch.v1.IndexStatsRequest\x1a\x1f.visearch.v1.IndexStatsResponse\x12G\n\x08Snapshot\x12\x1c.visearch.v1.SnapshotRequest\x1a\x1d.visearch.v1.SnapshotResponse\x12>\n\x05\x46\x65tch\x12\x19.visearch.v1.FetchRequest\x1a\x1a.visearch.v1.FetchResponse\x12\\\n\x0f\x43learTombstones\x12#.visearch.v1.ClearTombstonesRequest\x1a$.visearch.v1.ClearTombstonesResponse\x12Y\n\x0e\x44ropCollection\x12\".visearch.v1.DropCollectionRequest\x1a#.visearch.v1.DropCollectionResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19visearch/v1/indexer.proto\x12\x0bvisearch.v1\x1a\x18visearch/v1/common.proto\"+\n\x15\x44ropCollectionRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\")\n\x16\x44ropCollectionResponse\x12\x0f\n\x07\x64ropped\x18\x01 \x01(\x03\"s\n\x0c\x46\x65tchRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\x12\x1a\n\x12moved_under_shards\x18\x04 \x01(\x05\x12\x10\n\x08ids_only\x18\x05 \x01(\x08\"\xa7\x01\n\rFetchResponse\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12$\n\x07vectors\x18\x02 \x03(\x0b\x32\x13.visearch.v1.Vector\x12+\n\x08metadata\x18\x03 \x03(\x0b\x32\x19.visearch.v1.ItemMetadata\x12\x17\n\x0fnext_page_token\x18\x04 \x01(\t\x12\x0f\n\x07scanned\x18\x05 \x01(\x03\x12\x0c\n\x04size\x18\x06 \x01(\x03\",\n\x16\x43learTombstonesRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\"*\n\x17\x43learTombstonesResponse\x12\x0f\n\x07\x63leared\x18\x01 \x01(\x03\"9\n\x13SetCopyFenceRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\"/\n\x14SetCopyFenceResponse\x12\x17\n\x0fprevious_job_id\x18\x01 \x01(\t\"%\n\x0fSnapshotRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\"\x89\x01\n\x10SnapshotResponse\x12\x42\n\x0b\x63overed_seq\x18\x01 \x03(\x0b\x32-.visearch.v1.SnapshotResponse.CoveredSeqEntry\x1a\x31\n\x0f\x43overedSeqEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xd9\x01\n\rUpsertRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\x12$\n\x07vectors\x18\x03 \x03(\x0b\x32\x13.visearch.v1.Vector\x12+\n\x08metadata\x18\x04 \x03(\x0b\x32\x19.visearch.v1.ItemMetadata\x12(\n\x06params\x18\x05 \x01(\x0b\x32\x18.visearch.v1.IndexParams\x12\x16\n\x0eonly_if_absent\x18\x14 \x01(\x08\x12\x12\n\ncopy_fence\x18\x15 \x01(\t\"0\n\x0eUpsertResponse\x12\x10\n\x08upserted\x18\x01 \x01(\x05\x12\x0c\n\x04size\x18\x02 \x01(\x03\"H\n\x12IndexDeleteRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\x12\x11\n\ttombstone\x18\x14 \x01(\x08\"4\n\x13IndexDeleteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x05\x12\x0c\n\x04size\x18\x02 \x01(\x03\"~\n\x12IndexSearchRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12$\n\x07queries\x18\x02 \x03(\x0b\x32\x13.visearch.v1.Vector\x12\t\n\x01k\x18\x03 \x01(\x05\x12#\n\x06\x66ilter\x18\x04 \x01(\x0b\x32\x13.visearch.v1.Filter\"%\n\x08Neighbor\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"8\n\x0cNeighborList\x12(\n\tneighbors\x18\x01 \x03(\x0b\x32\x15.visearch.v1.Neighbor\"`\n\x13IndexSearchResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.visearch.v1.NeighborList\x12\r\n\x05shard\x18\x02 \x01(\x05\x12\x0e\n\x06method\x18\x03 \x01(\t\"\'\n\x11IndexStatsRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\"\x81\x01\n\x14\x43ollectionIndexStats\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x0c\n\x04\x64ims\x18\x03 \x01(\x05\x12\x0e\n\x06method\x18\x04 \x01(\t\x12\x13\n\x0b\x61pplied_seq\x18\x05 \x01(\t\x12\x14\n\x0csnapshot_seq\x18\x06 \x01(\t\"[\n\x12IndexStatsResponse\x12\r\n\x05shard\x18\x01 \x01(\x05\x12\x36\n\x0b\x63ollections\x18\x02 \x03(\x0b\x32!.visearch.v1.CollectionIndexStats2\xc7\x05\n\x07Indexer\x12\x41\n\x06Upsert\x12\x1a.visearch.v1.UpsertRequest\x1a\x1b.visearch.v1.UpsertResponse\x12K\n\x06\x44\x65lete\x12\x1f.visearch.v1.IndexDeleteRequest\x1a .visearch.v1.IndexDeleteResponse\x12K\n\x06Search\x12\x1f.visearch.v1.IndexSearchRequest\x1a .visearch.v1.IndexSearchResponse\x12H\n\x05Stats\x12\x1e.visearch.v1.IndexStatsRequest\x1a\x1f.visearch.v1.IndexStatsResponse\x12G\n\x08Snapshot\x12\x1c.visearch.v1.SnapshotRequest\x1a\x1d.visearch.v1.SnapshotResponse\x12>\n\x05\x46\x65tch\x12\x19.visearch.v1.FetchRequest\x1a\x1a.visearch.v1.FetchResponse\x12\\\n\x0f\x43learTombstones\x12#.visearch.v1.ClearTombstonesRequest\x1a$.visearch.v1.ClearTombstonesResponse\x12S\n\x0cSetCopyFence\x12 .visearch.v1.SetCopyFenceRequest\x1a!.visearch.v1.SetCopyFenceResponse\x12Y\n\x0e\x44ropCollection\x12\".visearch.v1.DropCollectionRequest\x1a#.visearch.v1.DropCollectionResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,34 +46,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CLEARTOMBSTONESREQUEST']._serialized_end=487
   _globals['_CLEARTOMBSTONESRESPONSE']._serialized_start=489
   _globals['_CLEARTOMBSTONESRESPONSE']._serialized_end=531
-  _globals['_SNAPSHOTREQUEST']._serialized_start=533
-  _globals['_SNAPSHOTREQUEST']._serialized_end=570
-  _globals['_SNAPSHOTRESPONSE']._serialized_start=573
-  _globals['_SNAPSHOTRESPONSE']._serialized_end=710
-  _globals['_SNAPSHOTRESPONSE_COVEREDSEQENTRY']._serialized_start=661
-  _globals['_SNAPSHOTRESPONSE_COVEREDSEQENTRY']._serialized_end=710
-  _globals['_UPSERTREQUEST']._serialized_start=713
-  _globals['_UPSERTREQUEST']._serialized_end=910
-  _globals['_UPSERTRESPONSE']._serialized_start=912
-  _globals['_UPSERTRESPONSE']._serialized_end=960
-  _globals['_INDEXDELETEREQUEST']._serialized_start=962
-  _globals['_INDEXDELETEREQUEST']._serialized_end=1034
-  _globals['_INDEXDELETERESPONSE']._serialized_start=1036
-  _globals['_INDEXDELETERESPONSE']._serialized_end=1088
-  _globals['_INDEXSEARCHREQUEST']._serialized_start=1090
-  _globals['_INDEXSEARCHREQUEST']._serialized_end=1216
-  _globals['_NEIGHBOR']._serialized_start=1218
-  _globals['_NEIGHBOR']._serialized_end=1255
-  _globals['_NEIGHBORLIST']._serialized_start=1257
-  _globals['_NEIGHBORLIST']._serialized_end=1313
-  _globals['_INDEXSEARCHRESPONSE']._serialized_start=1315
-  _globals['_INDEXSEARCHRESPONSE']._serialized_end=1411
-  _globals['_INDEXSTATSREQUEST']._serialized_start=1413
-  _globals['_INDEXSTATSREQUEST']._serialized_end=1452
-  _globals['_COLLECTIONINDEXSTATS']._serialized_start=1455
-  _globals['_COLLECTIONINDEXSTATS']._serialized_end=1584
-  _globals['_INDEXSTATSRESPONSE']._serialized_start=1586
-  _globals['_INDEXSTATSRESPONSE']._serialized_end=1677
-  _globals['_INDEXER']._serialized_start=1680
-  _globals['_INDEXER']._serialized_end=2306
+  _globals['_SETCOPYFENCEREQUEST']._serialized_start=533
+  _globals['_SETCOPYFENCEREQUEST']._serialized_end=590
+  _globals['_SETCOPYFENCERESPONSE']._serialized_start=592
+  _globals['_SETCOPYFENCERESPONSE']._serialized_end=639
+  _globals['_SNAPSHOTREQUEST']._serialized_start=641
+  _globals['_SNAPSHOTREQUEST']._serialized_end=678
+  _globals['_SNAPSHOTRESPONSE']._serialized_start=681
+  _globals['_SNAPSHOTRESPONSE']._serialized_end=818
+  _globals['_SNAPSHOTRESPONSE_COVEREDSEQENTRY']._serialized_start=769
+  _globals['_SNAPSHOTRESPONSE_COVEREDSEQENTRY']._serialized_end=818
+  _globals['_UPSERTREQUEST']._serialized_start=821
+  _globals['_UPSERTREQUEST']._serialized_end=1038
+  _globals['_UPSERTRESPONSE']._serialized_start=1040
+  _globals['_UPSERTRESPONSE']._serialized_end=1088
+  _globals['_INDEXDELETEREQUEST']._serialized_start=1090
+  _globals['_INDEXDELETEREQUEST']._serialized_end=1162
+  _globals['_INDEXDELETERESPONSE']._serialized_start=1164
+  _globals['_INDEXDELETERESPONSE']._serialized_end=1216
+  _globals['_INDEXSEARCHREQUEST']._serialized_start=1218
+  _globals['_INDEXSEARCHREQUEST']._serialized_end=1344
+  _globals['_NEIGHBOR']._serialized_start=1346
+  _globals['_NEIGHBOR']._serialized_end=1383
+  _globals['_NEIGHBORLIST']._serialized_start=1385
+  _globals['_NEIGHBORLIST']._serialized_end=1441
+  _globals['_INDEXSEARCHRESPONSE']._serialized_start=1443
+  _globals['_INDEXSEARCHRESPONSE']._serialized_end=1539
+  _globals['_INDEXSTATSREQUEST']._serialized_start=1541
+  _globals['_INDEXSTATSREQUEST']._serialized_end=1580
+  _globals['_COLLECTIONINDEXSTATS']._serialized_start=1583
+  _globals['_COLLECTIONINDEXSTATS']._serialized_end=1712
+  _globals['_INDEXSTATSRESPONSE']._serialized_start=1714
+  _globals['_INDEXSTATSRESPONSE']._serialized_end=1805
+  _globals['_INDEXER']._serialized_start=1808
+  _globals['_INDEXER']._serialized_end=2519
 # @@protoc_insertion_point(module_scope)

@@ -61,6 +61,20 @@ class ClearTombstonesResponse(_message.Message):
     cleared: int
     def __init__(self, cleared: _Optional[int] = ...) -> None: ...
 
+class SetCopyFenceRequest(_message.Message):
+    __slots__ = ("collection", "job_id")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    job_id: str
+    def __init__(self, collection: _Optional[str] = ..., job_id: _Optional[str] = ...) -> None: ...
+
+class SetCopyFenceResponse(_message.Message):
+    __slots__ = ("previous_job_id",)
+    PREVIOUS_JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    previous_job_id: str
+    def __init__(self, previous_job_id: _Optional[str] = ...) -> None: ...
+
 class SnapshotRequest(_message.Message):
     __slots__ = ("collection",)
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
@@ -81,20 +95,22 @@ class SnapshotResponse(_message.Message):
     def __init__(self, covered_seq: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class UpsertRequest(_message.Message):
-    __slots__ = ("collection", "ids", "vectors", "metadata", "params", "only_if_absent")
+    __slots__ = ("collection", "ids", "vectors", "metadata", "params", "only_if_absent", "copy_fence")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     IDS_FIELD_NUMBER: _ClassVar[int]
     VECTORS_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     ONLY_IF_ABSENT_FIELD_NUMBER: _ClassVar[int]
+    COPY_FENCE_FIELD_NUMBER: _ClassVar[int]
     collection: str
     ids: _containers.RepeatedScalarFieldContainer[str]
     vectors: _containers.RepeatedCompositeFieldContainer[_common_pb2.Vector]
     metadata: _containers.RepeatedCompositeFieldContainer[_common_pb2.ItemMetadata]
     params: _common_pb2.IndexParams
     only_if_absent: bool
-    def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., vectors: _Optional[_Iterable[_Union[_common_pb2.Vector, _Mapping]]] = ..., metadata: _Optional[_Iterable[_Union[_common_pb2.ItemMetadata, _Mapping]]] = ..., params: _Optional[_Union[_common_pb2.IndexParams, _Mapping]] = ..., only_if_absent: _Optional[bool] = ...) -> None: ...
+    copy_fence: str
+    def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., vectors: _Optional[_Iterable[_Union[_common_pb2.Vector, _Mapping]]] = ..., metadata: _Optional[_Iterable[_Union[_common_pb2.ItemMetadata, _Mapping]]] = ..., params: _Optional[_Union[_common_pb2.IndexParams, _Mapping]] = ..., only_if_absent: _Optional[bool] = ..., copy_fence: _Optional[str] = ...) -> None: ...
 
 class UpsertResponse(_message.Message):
     __slots__ = ("upserted", "size")

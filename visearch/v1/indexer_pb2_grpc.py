@@ -70,6 +70,11 @@ class IndexerStub:
                 request_serializer=visearch_dot_v1_dot_indexer__pb2.ClearTombstonesRequest.SerializeToString,
                 response_deserializer=visearch_dot_v1_dot_indexer__pb2.ClearTombstonesResponse.FromString,
                 _registered_method=True)
+        self.SetCopyFence = channel.unary_unary(
+                '/visearch.v1.Indexer/SetCopyFence',
+                request_serializer=visearch_dot_v1_dot_indexer__pb2.SetCopyFenceRequest.SerializeToString,
+                response_deserializer=visearch_dot_v1_dot_indexer__pb2.SetCopyFenceResponse.FromString,
+                _registered_method=True)
         self.DropCollection = channel.unary_unary(
                 '/visearch.v1.Indexer/DropCollection',
                 request_serializer=visearch_dot_v1_dot_indexer__pb2.DropCollectionRequest.SerializeToString,
@@ -126,6 +131,14 @@ class IndexerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetCopyFence(self, request, context):
+        """Names the one reshard job whose copies (only_if_absent upserts) the shard accepts
+        for a collection, or none. Kept in memory: a restarted shard accepts no copies.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def DropCollection(self, request, context):
         """Forgets a collection (index, log, snapshots) durably: a restart does not bring it
         back. Unknown collections drop nothing. Used for a re-embed's old generation.
@@ -171,6 +184,11 @@ def add_IndexerServicer_to_server(servicer, server):
                     servicer.ClearTombstones,
                     request_deserializer=visearch_dot_v1_dot_indexer__pb2.ClearTombstonesRequest.FromString,
                     response_serializer=visearch_dot_v1_dot_indexer__pb2.ClearTombstonesResponse.SerializeToString,
+            ),
+            'SetCopyFence': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetCopyFence,
+                    request_deserializer=visearch_dot_v1_dot_indexer__pb2.SetCopyFenceRequest.FromString,
+                    response_serializer=visearch_dot_v1_dot_indexer__pb2.SetCopyFenceResponse.SerializeToString,
             ),
             'DropCollection': grpc.unary_unary_rpc_method_handler(
                     servicer.DropCollection,
@@ -368,6 +386,33 @@ class Indexer:
             '/visearch.v1.Indexer/ClearTombstones',
             visearch_dot_v1_dot_indexer__pb2.ClearTombstonesRequest.SerializeToString,
             visearch_dot_v1_dot_indexer__pb2.ClearTombstonesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetCopyFence(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/visearch.v1.Indexer/SetCopyFence',
+            visearch_dot_v1_dot_indexer__pb2.SetCopyFenceRequest.SerializeToString,
+            visearch_dot_v1_dot_indexer__pb2.SetCopyFenceResponse.FromString,
             options,
             channel_credentials,
             insecure,

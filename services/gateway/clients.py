@@ -123,10 +123,10 @@ class GrpcShard:
         request = _upsert_request(collection, ids, vectors, metadata, overrides, fence)
         return call(self._stub.Upsert, request, timeout=timeout, peer=self._peer).upserted
 
-    def set_copy_fence(self, collection: str, job_id: str, timeout: float | None) -> str:
-        request = indexer_pb2.SetCopyFenceRequest(collection=collection, job_id=job_id)
+    def set_copy_fence(self, collection: str, run_id: str, timeout: float | None) -> str:
+        request = indexer_pb2.SetCopyFenceRequest(collection=collection, run_id=run_id)
         response = call(self._stub.SetCopyFence, request, timeout=timeout, peer=self._peer)
-        return response.previous_job_id
+        return response.previous_run_id
 
     def fetch(
         self,
@@ -264,7 +264,7 @@ def _upsert_request(
     overrides: IndexOverrides,
     copy_fence: str = "",
 ) -> indexer_pb2.UpsertRequest:
-    """vectors: float32 [n, d], one row per id; copy_fence: a reshard job's id for a copy
+    """vectors: float32 [n, d], one row per id; copy_fence: a reshard run's id for a copy
     (only-if-absent upsert), "" for an ordinary upsert."""
     return indexer_pb2.UpsertRequest(
         collection=collection,

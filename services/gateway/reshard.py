@@ -18,9 +18,11 @@ The job (one per collection, run by whichever gateway replica holds its lock):
      after the copier scanned it is redone under the new layout by its own gateway,
      which re-reads the config after writing (services/gateway/routing.py).
    Copies go through the shard's normal write path: logged in its WAL before applied.
-   Each copy names the job, and a shard accepts copies only from the job its copy fence
-   names (set before copying, by whichever replica holds the job's lock). So a copier
-   that stalled past the lock's TTL cannot land a copy after the window closed, when a
+   Each start or resume of the job is a run with its own id. Each copy names its run,
+   and a shard accepts copies only from the run its copy fence names (set before
+   copying, by the replica holding the job's lock; a run the fence once dropped is never
+   admitted again). So a copier that stalled past the lock's TTL while another replica
+   took over cannot land a copy, in particular not after the window closed, when a
    delete no longer leaves a tombstone.
 3. **Flip**: close the copy fences, then set `shards = M, target_shards = 0` in one
    compare-and-set.
@@ -106,12 +108,13 @@ class ReshardShardPort(Protocol):
         fence: str,
         timeout: float | None,
     ) -> int:
-        """Upsert only-if-absent from reshard job `fence`; returns how many were written.
+        """Upsert only-if-absent from reshard run `fence`; returns how many were written.
         Raises AbortedError unless the shard's copy fence names `fence`."""
         ...
 
-    def set_copy_fence(self, collection: str, job_id: str, timeout: float | None) -> str:
-        """Accept copies from job `job_id` only ("" = none); returns the previous job."""
+    def set_copy_fence(self, collection: str, run_id: str, timeout: float | None) -> str:
+        """Accept copies from run `run_id` only ("" = none); returns the previous run.
+        Raises AbortedError for a run the fence has dropped before."""
         ...
 
     def delete(
@@ -304,7 +307,7 @@ class Resharder:
                 record = self._new_record(config, shards)
         elif not cleaning:
             record = self._open_window(config, shards)
-        record.job_id = record.job_id or uuid.uuid4().hex  # a record saved before job ids
+        record.run_id = uuid.uuid4().hex
         record.error = ""
         self._store.save(record)
         if record.phase == PHASE_COPYING:
@@ -322,7 +325,6 @@ class Resharder:
             PHASE_COPYING,
             total=self._sizes(config.index_name, old),
             namespace=config.index_name,
-            job_id=uuid.uuid4().hex,
             started_at=time.time(),
         )
 
@@ -346,7 +348,7 @@ class Resharder:
         overrides = self._overrides_of(config)
         self._renew(record)
         for target in range(record.to_shards):
-            self._set_fence(record, target, record.job_id)
+            self._set_fence(record, target, record.run_id)
         for source in range(record.from_shards):
             if source in record.done_shards:
                 continue
@@ -380,22 +382,25 @@ class Resharder:
 
         def copy() -> int:
             return self._shards[target].copy_if_absent(
-                record.namespace, ids, vectors, metadata, overrides, record.job_id, self._rpc()
+                record.namespace, ids, vectors, metadata, overrides, record.run_id, self._rpc()
             )
 
         try:
             return self._retry(copy)
         except AbortedError:
             # The shard restarted (fences live in its memory), or this replica stalled and
-            # the job moved on without it; only the lock's holder may set the fence again.
+            # another run took the job over; only the lock's holder sets the fence again.
             self._renew(record)
-            self._set_fence(record, target, record.job_id)
+            self._set_fence(record, target, record.run_id)
             return self._retry(copy)
 
-    def _set_fence(self, record: ReshardRecord, shard: int, job_id: str) -> None:
-        self._retry(
-            lambda: self._shards[shard].set_copy_fence(record.namespace, job_id, self._rpc())
-        )
+    def _set_fence(self, record: ReshardRecord, shard: int, run_id: str) -> None:
+        try:
+            self._retry(
+                lambda: self._shards[shard].set_copy_fence(record.namespace, run_id, self._rpc())
+            )
+        except AbortedError as exc:  # another run took the job over while this one stalled
+            raise LostLockError(record.collection) from exc
 
     def _flip(self, record: ReshardRecord) -> None:
         for target in range(record.to_shards):

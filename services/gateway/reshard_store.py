@@ -43,8 +43,8 @@ class ReshardRecord:
     scanned_by_shard: dict[str, int] = field(default_factory=dict)
     # The collection's namespace on the shards (CollectionConfig.index_name).
     namespace: str = ""
-    # Names this job to the shards' copy fences; kept when another replica resumes it.
-    job_id: str = ""
+    # Names the current run (this start or resume of the job) to the shards' copy fences.
+    run_id: str = ""
 
     @property
     def scanned(self) -> int:

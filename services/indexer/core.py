@@ -7,7 +7,10 @@ import re
 import threading
 import time
 import uuid
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
@@ -34,6 +37,9 @@ from services.indexer.vector_index import Neighbor, VectorIndex
 COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 START_SEQ = "0-0"
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+# Dropped reshard runs a shard remembers per collection (a few per job at most).
+MAX_ENDED_RUNS = 64
 
 
 # The shards also hold re-embedded generations of a collection as "<name>@<generation>".
@@ -114,10 +120,11 @@ class Shard:
         # copy) skips them. Guarded by the collection's write_lock, or by _lock while the
         # collection has no index on this shard yet.
         self._tombstones: dict[str, set[str]] = {}
-        # The reshard job whose copies each collection accepts (set_copy_fence). In memory
-        # only: a restarted shard accepts no copies until the job names itself again.
-        # Same locking as _tombstones.
+        # The reshard run whose copies each collection accepts (set_copy_fence), and the
+        # latest runs the fence dropped, never admitted again. In memory only: a restarted
+        # shard accepts no copies until a run names itself again. Locked like _tombstones.
         self._copy_fences: dict[str, str] = {}
+        self._ended_runs: dict[str, deque[str]] = {}
         # Fetch page tokens name this incarnation: rows are renumbered by a restart.
         self.instance = uuid.uuid4().hex[:12]
 
@@ -151,14 +158,14 @@ class Shard:
         *,
         fence: str,
     ) -> tuple[int, int]:
-        """A reshard copy from job `fence`: writes only the ids this shard neither holds nor
+        """A reshard copy from run `fence`: writes only the ids this shard neither holds nor
         has a tombstone for, deciding and writing under the collection's write lock (so no
         write or delete of the same id interleaves). Returns (written, size afterwards).
 
         Raises AbortedError unless the collection's copy fence names `fence`.
         """
         if not fence:
-            raise InvalidArgumentError("a reshard copy (only_if_absent) needs its job's id")
+            raise InvalidArgumentError("a reshard copy (only_if_absent) needs its run's id")
         self._check_fence(collection, fence)  # before creating the collection here
         return self._write(collection, ids, vectors, metadata, overrides, fence=fence)
 
@@ -171,7 +178,7 @@ class Shard:
         overrides: IndexOverrides | None,
         fence: str,
     ) -> tuple[int, int]:
-        """fence: "" for an ordinary upsert, else a reshard copy from that job."""
+        """fence: "" for an ordinary upsert, else a reshard copy from that run."""
         check_index_name(collection)
         if len(set(ids)) != len(ids):
             raise InvalidArgumentError("duplicate ids in one upsert")
@@ -232,15 +239,20 @@ class Shard:
             deleted = entry.index.delete(ids)
         return deleted, entry.index.size
 
-    def clear_tombstones(self, collection: str) -> int:
-        """Forgets a collection's tombstones (a reshard finished); returns how many."""
-        check_index_name(collection)
+    def _locked(self, collection: str, action: Callable[[_Collection | None], T]) -> T:
+        """Runs `action` under the collection's write lock, or under the shard's lock (with
+        None) while the collection has no index here yet."""
         with self._lock:
             entry = self._collections.get(collection)
             if entry is None:
-                return self._clear_tombstones_locked(collection, None)
+                return action(None)
         with entry.write_lock:
-            return self._clear_tombstones_locked(collection, entry)
+            return action(entry)
+
+    def clear_tombstones(self, collection: str) -> int:
+        """Forgets a collection's tombstones (a reshard finished); returns how many."""
+        check_index_name(collection)
+        return self._locked(collection, lambda e: self._clear_tombstones_locked(collection, e))
 
     def _clear_tombstones_locked(self, collection: str, entry: _Collection | None) -> int:
         cleared = len(self._tombstones.get(collection, ()))
@@ -253,32 +265,36 @@ class Shard:
             self._tombstones.pop(collection, None)
         return cleared
 
-    def set_copy_fence(self, collection: str, job_id: str) -> str:
-        """Accepts reshard copies of `collection` from job `job_id` only ("" = from none);
-        returns the job the fence named before. Waits for copies in flight, so none from
-        another job lands after it returns."""
+    def set_copy_fence(self, collection: str, run_id: str) -> str:
+        """Accepts reshard copies of `collection` from run `run_id` only ("" = from none);
+        returns the run the fence named before. Waits for copies in flight, so none from
+        another run lands after it returns. Raises AbortedError for a run the fence has
+        dropped before: it stalled while another replica took the job over."""
         check_index_name(collection)
-        with self._lock:
-            entry = self._collections.get(collection)
-            if entry is None:
-                return self._swap_fence(collection, job_id)
-        with entry.write_lock:
-            return self._swap_fence(collection, job_id)
+        return self._locked(collection, lambda _: self._swap_fence(collection, run_id))
 
-    def _swap_fence(self, collection: str, job_id: str) -> str:
+    def _swap_fence(self, collection: str, run_id: str) -> str:
+        ended = self._ended_runs.setdefault(collection, deque(maxlen=MAX_ENDED_RUNS))
+        if run_id in ended:
+            raise AbortedError(
+                f"shard {self.shard_id}: reshard run {run_id!r} of {collection!r} has ended "
+                "here (another gateway replica took the job over, or it flipped)"
+            )
         previous = self._copy_fences.pop(collection, "")
-        if job_id:
-            self._copy_fences[collection] = job_id
+        if previous and previous != run_id:
+            ended.append(previous)
+        if run_id:
+            self._copy_fences[collection] = run_id
         return previous
 
     def _check_fence(self, collection: str, fence: str) -> None:
         accepted = self._copy_fences.get(collection, "")
         if accepted != fence:
             raise AbortedError(
-                f"shard {self.shard_id} refused a reshard copy into {collection!r} from job "
+                f"shard {self.shard_id} refused a reshard copy into {collection!r} from run "
                 f"{fence!r}: it accepts copies from "
-                f"{'job ' + repr(accepted) if accepted else 'no job'} (the job flipped, "
-                "finished or restarted since; `visearch reshard` resumes it)"
+                f"{'run ' + repr(accepted) if accepted else 'no run'} (the job was taken "
+                "over, flipped or the shard restarted; `visearch reshard` resumes it)"
             )
 
     def tombstones(self, collection: str) -> int:
@@ -470,6 +486,7 @@ class Shard:
             entry = self._collections.pop(collection, None)
             self._tombstones.pop(collection, None)
             self._copy_fences.pop(collection, None)
+            self._ended_runs.pop(collection, None)
         size = 0
         if entry is not None:
             with entry.write_lock:  # waits for a write in progress to be logged first

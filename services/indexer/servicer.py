@@ -164,8 +164,8 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
     def SetCopyFence(
         self, request: indexer_pb2.SetCopyFenceRequest, context: grpc.ServicerContext
     ) -> indexer_pb2.SetCopyFenceResponse:
-        previous = self._shard.set_copy_fence(request.collection, request.job_id)
-        return indexer_pb2.SetCopyFenceResponse(previous_job_id=previous)
+        previous = self._shard.set_copy_fence(request.collection, request.run_id)
+        return indexer_pb2.SetCopyFenceResponse(previous_run_id=previous)
 
     def DropCollection(
         self, request: indexer_pb2.DropCollectionRequest, context: grpc.ServicerContext

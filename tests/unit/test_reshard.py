@@ -50,8 +50,8 @@ class InProcessShard:
             collection, ids, vectors, metadata, overrides, fence=fence
         )[0]
 
-    def set_copy_fence(self, collection, job_id, timeout):
-        return self.core.set_copy_fence(collection, job_id)
+    def set_copy_fence(self, collection, run_id, timeout):
+        return self.core.set_copy_fence(collection, run_id)
 
     def delete(self, collection, ids, timeout, tombstone=False):
         return self.core.delete(collection, ids, tombstone)[0]
@@ -140,28 +140,33 @@ def test_tombstones_survive_log_replay_and_snapshots():
     assert again.tombstones("c") == 0
 
 
-def test_the_copy_fence_admits_one_job_and_a_restart_forgets_it():
+def test_the_copy_fence_admits_one_run_never_an_ended_one_and_a_restart_forgets_it():
     rng = np.random.default_rng(6)
     wal, snapshots = InMemoryWriteAheadLog(), InMemorySnapshotStore()
     shard = Shard(2, 1000, wal, snapshots)
-    with pytest.raises(AbortedError, match="accepts copies from no job"):
+    with pytest.raises(AbortedError, match="accepts copies from no run"):
         shard.upsert_if_absent("c", ["a"], unit(rng, 1), fence="job-1")
     assert shard.stats() == []  # a refused copy does not create the collection
-    with pytest.raises(InvalidArgumentError, match="needs its job's id"):
+    with pytest.raises(InvalidArgumentError, match="needs its run's id"):
         shard.upsert_if_absent("c", ["a"], unit(rng, 1), fence="")
     assert shard.set_copy_fence("c", "job-1") == ""
     assert shard.upsert_if_absent("c", ["a"], unit(rng, 1), fence="job-1")[0] == 1
     assert shard.set_copy_fence("c", "job-2") == "job-1"
-    with pytest.raises(AbortedError, match="from job 'job-1': it accepts copies from job 'job-2'"):
+    with pytest.raises(AbortedError, match="from run 'job-1': it accepts copies from run 'job-2'"):
         shard.upsert_if_absent("c", ["b"], unit(rng, 1), fence="job-1")
+    with pytest.raises(AbortedError, match="run 'job-1' of 'c' has ended"):
+        shard.set_copy_fence("c", "job-1")  # a stalled replica cannot take the fence back
+    assert shard.set_copy_fence("c", "job-2") == "job-2"  # the current run may repeat it
     assert shard.set_copy_fence("c", "") == "job-2"
     with pytest.raises(AbortedError):
         shard.upsert_if_absent("c", ["b"], unit(rng, 1), fence="job-2")
-    shard.set_copy_fence("c", "job-2")
+    with pytest.raises(AbortedError, match="has ended"):
+        shard.set_copy_fence("c", "job-2")
+    shard.set_copy_fence("c", "job-3")
     restarted = Shard(2, 1000, wal, snapshots)
     restarted.recover()
     with pytest.raises(AbortedError):
-        restarted.upsert_if_absent("c", ["b"], unit(rng, 1), fence="job-2")
+        restarted.upsert_if_absent("c", ["b"], unit(rng, 1), fence="job-3")
     assert restarted.fetch("c", ids_only=True).ids == ["a"]
 
 
@@ -387,21 +392,24 @@ def test_a_copier_that_stalls_past_its_jobs_end_cannot_resurrect_a_delete():
             raise
 
     target.copy_if_absent = stall_first_copy
-    short_lock = replace(cluster.settings, lock_ttl_s=0.3)
+    short_lock = replace(cluster.settings, lock_ttl_s=1.0)
     stale = Resharder(cluster.shards, cluster.metadata, cluster.store, lambda c: NO_OVERRIDES,
                       short_lock)  # fmt: skip
     stale.start("c", 3)
     assert stalled.wait(30)
     deleted = outcome["ids"][0]
     cluster.delete([deleted])  # in the window: a tombstone on shard 2
-    time.sleep(0.5)
+    expires = time.monotonic() + 10
+    while cluster.store.lease.holder("c") is not None:
+        assert time.monotonic() < expires
+        time.sleep(0.05)
     cluster.resharder.start("c", 3)  # another replica takes the job over and finishes it
     cluster.resharder.wait("c", 30)
     assert cluster.resharder.status("c").phase == "done"
     assert target.core.tombstones("c") == 0
     resume.set()  # the stalled copy of `deleted` (and its page) lands now
     stale.wait("c", 30)
-    assert "written" not in outcome and "accepts copies from no job" in outcome["refused"]
+    assert "written" not in outcome and "accepts copies from no run" in outcome["refused"]
     assert deleted not in cluster.placement()
     cluster.check_exactly_once(3)
 

@@ -62,18 +62,18 @@ class ClearTombstonesResponse(_message.Message):
     def __init__(self, cleared: _Optional[int] = ...) -> None: ...
 
 class SetCopyFenceRequest(_message.Message):
-    __slots__ = ("collection", "job_id")
+    __slots__ = ("collection", "run_id")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
-    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
     collection: str
-    job_id: str
-    def __init__(self, collection: _Optional[str] = ..., job_id: _Optional[str] = ...) -> None: ...
+    run_id: str
+    def __init__(self, collection: _Optional[str] = ..., run_id: _Optional[str] = ...) -> None: ...
 
 class SetCopyFenceResponse(_message.Message):
-    __slots__ = ("previous_job_id",)
-    PREVIOUS_JOB_ID_FIELD_NUMBER: _ClassVar[int]
-    previous_job_id: str
-    def __init__(self, previous_job_id: _Optional[str] = ...) -> None: ...
+    __slots__ = ("previous_run_id",)
+    PREVIOUS_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    previous_run_id: str
+    def __init__(self, previous_run_id: _Optional[str] = ...) -> None: ...
 
 class SnapshotRequest(_message.Message):
     __slots__ = ("collection",)

@@ -132,8 +132,10 @@ class IndexerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SetCopyFence(self, request, context):
-        """Names the one reshard job whose copies (only_if_absent upserts) the shard accepts
-        for a collection, or none. Kept in memory: a restarted shard accepts no copies.
+        """Names the one reshard run (a gateway replica's start or resume of the job) whose
+        copies (only_if_absent upserts) the shard accepts for a collection, or none. A run
+        the fence named once and then dropped is never admitted again (ABORTED). Kept in
+        memory: a restarted shard accepts no copies until a run names itself again.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -17,7 +17,8 @@ source photo of a rotated crop is easy for a global embedding, finding a differe
 the same object is what instance search is for.
 
 Query sets: ``dev`` = the first image of every 4th UKBench group in 0-174 (44 queries; the
-DELF attention and PCA were trained on groups 0-174; fusion settings are chosen on dev) and
+DELF model up to delf-mobilenetv2-v2 was trained on groups 0-174, v3 on synthetic views of
+bundled images; fusion settings are chosen on dev) and
 ``test`` = the first image of each group 175-249 (75 queries, never seen in training). Each
 set plain and transformed (``visearch.transforms``: rotation 0-360°, scale 0.5-1.5, crop
 60-90 %, JPEG 30-70, seeded); the gallery is untouched and always holds all 1000 images.

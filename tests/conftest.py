@@ -34,7 +34,9 @@ def models_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def built_model_dir(models_dir) -> Path:
-    return sorted((models_dir / "global").glob("*/manifest.json"))[-1].parent
+    from visearch.localstack import find_model_dir
+
+    return find_model_dir(models_dir)
 
 
 @pytest.fixture(scope="session")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shlex
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,9 +19,17 @@ from rich.table import Table
 
 from services.common.errors import VisearchError
 from services.common.index_types import IndexOverrides
-from visearch import datasets, demo, eval_suite, localstack, transforms
+from visearch import (
+    datasets,
+    demo,
+    eval_datasets,
+    eval_protocol,
+    eval_suite,
+    localstack,
+    transforms,
+)
 from visearch import show as show_results
-from visearch.client import SearchResult, VisearchClient
+from visearch.client import QueryExpansion, SearchResult, VisearchClient
 from visearch.jobs import ingest_entries, search_entries
 from visearch.reshard_cli import reshard as reshard_command
 from visearch.training_cli import train as train_command
@@ -227,10 +238,24 @@ def search(
         Path | None,
         typer.Option(help="Draw the query, its top results and their inlier matches to a PNG."),
     ] = None,
+    qe_top_n: Annotated[
+        int | None, typer.Option(help="Alpha query expansion over this many results (0 = off).")
+    ] = None,
+    qe_alpha: Annotated[float, typer.Option(help="Query expansion's alpha (0 = average).")] = 3.0,
+    qe_verified: Annotated[
+        bool | None,
+        typer.Option(help="After geometric re-rank, search again with the verified results."),
+    ] = None,
     gateway: Gateway = "",
     state_dir: StateDir = localstack.DEFAULT_STATE_DIR,
 ) -> None:
-    """Search a collection by photo (one image, or a manifest of queries searched concurrently)."""
+    """Search a collection by photo (one image, or a manifest of queries searched concurrently).
+
+    Query expansion is the collection's unless --qe-top-n or --qe-verified is given.
+    """
+    expansion = None
+    if qe_top_n is not None or qe_verified is not None:
+        expansion = QueryExpansion(qe_top_n or 0, qe_alpha, bool(qe_verified))
     attributes = {}
     for pair in attr or []:
         key, sep, value = pair.partition("=")
@@ -262,6 +287,7 @@ def search(
                 attributes=attributes,
                 progress=lambda n: progress.advance(task, n),
                 return_matches=show is not None,
+                query_expansion=expansion,
             )
             if show is not None:
                 _show(client, collection, entries[0].path.read_bytes(), results[0].result, show)
@@ -330,6 +356,24 @@ def create_collection(
     texture: Annotated[
         bool, typer.Option(help="Store LBP texture histograms at ingest (for --rerank texture).")
     ] = False,
+    qe_top_n: Annotated[
+        int | None,
+        typer.Option(
+            help="Alpha query expansion over this many results (0 = off; 3 helps when each "
+            "object has many images, see docs/query_expansion.md)."
+        ),
+    ] = None,
+    qe_alpha: Annotated[float, typer.Option(help="Query expansion's alpha (0 = average).")] = 3.0,
+    qe_verified: Annotated[
+        bool | None,
+        typer.Option(help="After geometric re-rank, search again with the verified results."),
+    ] = None,
+    model: Annotated[
+        str,
+        typer.Option(
+            help="Global model version, e.g. efficientnet-lite2-gem-v1 (empty = default)."
+        ),
+    ] = "",
     gateway: Gateway = "",
     state_dir: StateDir = localstack.DEFAULT_STATE_DIR,
 ) -> None:
@@ -344,6 +388,10 @@ def create_collection(
                 index=index,
                 local_feature_type=local_features,
                 texture_features=texture,
+                model_version=model,
+                query_expansion=None
+                if qe_top_n is None and qe_verified is None
+                else QueryExpansion(qe_top_n or 0, qe_alpha, bool(qe_verified)),
             )
         except VisearchError as exc:
             _fail(exc)
@@ -408,10 +456,27 @@ def reembed(
 
 @app.command(name="eval")
 def eval_command(
-    dataset_dir: Annotated[Path, typer.Argument(help="Dataset folder.")],
+    dataset_dir: Annotated[
+        Path | None,
+        typer.Argument(help="Dataset folder, converted to the CSV protocol (or --gallery)."),
+    ] = None,
     protocol: Annotated[
-        str, typer.Option(help="ukbench (groups of 4) or labels (groundtruth.csv filename,label).")
-    ] = "ukbench",
+        str,
+        typer.Option(
+            help="Dataset protocol: auto (from groundtruth.csv), ukbench, labels, smvs, "
+            "smvs-all, paris, paris-all (visearch/eval_datasets.py)."
+        ),
+    ] = "auto",
+    gallery_csv: Annotated[
+        Path | None, typer.Option("--gallery", help="Generic protocol: gallery CSV id,path,label.")
+    ] = None,
+    query_csvs: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--query-csv",
+            help="Generic protocol: [NAME=]queries CSV id,path,label[,junk][,bbox]; repeatable.",
+        ),
+    ] = None,
     rerank: Annotated[
         str,
         typer.Option(
@@ -422,13 +487,32 @@ def eval_command(
     queries: Annotated[
         str, typer.Option(help="Query sets: plain, transformed (rotated/scaled/cropped/JPEG).")
     ] = "plain",
-    limit: Annotated[int, typer.Option(help="Use only the first N images (0 = all).")] = 0,
+    limit: Annotated[
+        int, typer.Option(help="First N images (ukbench, labels) or queries (0 = all).")
+    ] = 0,
     per_label: Annotated[int, typer.Option(help="labels protocol: first N per label.")] = 0,
     k: Annotated[int, typer.Option(help="Results per query (mAP is over these).")] = 100,
+    ks: Annotated[str, typer.Option(help="P@k, recall@k and hit@k at these k.")] = "1,5,10",
     workers: Annotated[int, typer.Option(help="Concurrent search clients.")] = 4,
     seed: Annotated[int, typer.Option(help="Seed of the query transforms.")] = (
         transforms.DEFAULT_SEED
     ),
+    protocol_dir: Annotated[
+        Path | None,
+        typer.Option(help="Write the dataset's protocol CSVs here (default: a temporary folder)."),
+    ] = None,
+    convert_only: Annotated[
+        bool, typer.Option(help="Only write the protocol CSVs (--protocol-dir), search nothing.")
+    ] = False,
+    train: Annotated[
+        bool, typer.Option(help="Train on the gallery (visearch train), re-embed, then search.")
+    ] = False,
+    train_args: Annotated[
+        str, typer.Option(help="Extra `visearch train` options, e.g. '--epochs 5 --views 3'.")
+    ] = "",
+    train_force: Annotated[
+        bool, typer.Option(help="Pass --force to train (publish even if worse).")
+    ] = False,
     out_json: Annotated[
         Path | None,
         typer.Option("--out", help="Write the report here (bench/results/eval_*.json)."),
@@ -447,56 +531,110 @@ def eval_command(
     gateway: Gateway = "",
     state_dir: StateDir = localstack.DEFAULT_STATE_DIR,
 ) -> None:
-    """Ingest a labelled dataset into fresh collections; N-S, mAP, P@1, latency per mode."""
-    try:
-        modes = eval_suite.parse_modes(rerank)
-        query_sets = eval_suite.parse_query_sets(queries)
-        entries = eval_suite.load_entries(dataset_dir, protocol, limit, per_label)
-    except (ValueError, FileNotFoundError) as exc:
-        console.print(f"[red]{exc}[/]")
-        raise typer.Exit(2) from exc
-    with VisearchClient(_gateway(gateway, state_dir), timeout_s=120) as client, _progress() as bar:
+    """Evaluate search on a labelled set: mAP, P@k, recall@k, N-S, latency per mode.
 
-        def advance(description: str, total: int) -> Callable[[int], None]:
-            task = bar.add_task(description, total=total)
-            return lambda n: bar.advance(task, n)
-
+    A dataset folder is converted to the generic CSV protocol (gallery + query sets with
+    labels, junk and boxes) and evaluated like --gallery/--query-csv files: the gallery is
+    ingested into fresh collections (trained on first with --train), every query set searched.
+    """
+    with contextlib.ExitStack() as cleanup:
         try:
-            report = eval_suite.run_suite(
-                client,
-                entries,
-                modes,
-                query_sets,
-                k=k,
-                workers=workers,
-                seed=seed,
-                collection_prefix=collection_prefix,
-                progress=advance,
-            )
-        except VisearchError as exc:
-            _fail(exc)
-    report = {"dataset": str(dataset_dir), "protocol": protocol, "note": note, **report}
+            modes = eval_suite.parse_modes(rerank)
+            k_list = eval_protocol.parse_ks(ks)
+            if dataset_dir is not None:
+                folder = protocol_dir or Path(
+                    cleanup.enter_context(tempfile.TemporaryDirectory(prefix="visearch-eval-"))
+                )
+                files = eval_datasets.convert(
+                    dataset_dir,
+                    folder,
+                    protocol=protocol,
+                    query_sets=eval_suite.parse_query_sets(queries),
+                    limit=limit,
+                    per_label=per_label,
+                    seed=seed,
+                )
+            elif gallery_csv is not None and query_csvs:
+                files = eval_datasets.ProtocolFiles(
+                    "csv", gallery_csv, eval_suite.parse_query_csvs(query_csvs)
+                )
+            else:
+                raise ValueError("give a dataset folder, or --gallery and --query-csv")
+            gallery = eval_protocol.read_gallery(files.gallery)
+            query_sets = {n: eval_protocol.read_queries(p) for n, p in files.queries.items()}
+        except (ValueError, FileNotFoundError) as exc:
+            console.print(f"[red]{exc}[/]")
+            raise typer.Exit(2) from exc
+        if convert_only:
+            out.print(f"gallery: {files.gallery} ({len(gallery)} images)")
+            for name, path in files.queries.items():
+                out.print(f"queries {name}: {path} ({len(query_sets[name])})")
+            return
+        spec = None
+        if train:
+            spec = eval_suite.TrainSpec(state_dir, tuple(shlex.split(train_args)), train_force)
+        with (
+            VisearchClient(_gateway(gateway, state_dir), timeout_s=120) as client,
+            _progress() as bar,
+        ):
+
+            def advance(description: str, total: int) -> Callable[[int], None]:
+                task = bar.add_task(description, total=total)
+                return lambda n: bar.advance(task, n)
+
+            try:
+                report = eval_suite.run_protocol(
+                    client,
+                    gallery,
+                    query_sets,
+                    modes,
+                    k=k,
+                    ks=k_list,
+                    workers=workers,
+                    collection_prefix=collection_prefix,
+                    progress=advance,
+                    train=spec,
+                )
+            except VisearchError as exc:
+                _fail(exc)
+            except RuntimeError as exc:
+                console.print(f"[red]{exc}[/]")
+                raise typer.Exit(1) from exc
+    report = {
+        "dataset": str(dataset_dir if dataset_dir is not None else files.gallery),
+        "protocol": files.protocol,
+        "note": note,
+        "transform_seed": seed,
+        **report,
+    }
     if out_json is not None:
         out_json.parent.mkdir(parents=True, exist_ok=True)
         out_json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     if as_json:
         sys.stdout.write(json.dumps(report) + "\n")
         return
+    at = [str(k_list[-1])] if k_list[-1] != 1 else []  # the largest k only (width)
     table = Table(
-        "queries", "mode", "N-S", "mAP", "P@1", "p50 ms", "p95 ms", title=str(dataset_dir)
-    )
+        "queries", "mode", "N-S", "mAP", "P@1", *(f"P@{x}" for x in at),
+        *(f"R@{x}" for x in at), "p50 ms", "p95 ms",
+        title=f"{report['dataset']} ({files.protocol})",
+    )  # fmt: skip
     for run in report["runs"]:  # type: ignore[union-attr]
         table.add_row(
             run["queries"],
             run["mode"],
-            f"{run['ns_score']:.3f}",
+            f"{run['ns_score']:.3f}" if run["ns_applies"] else "-",
             f"{run['map']:.3f}",
             f"{run['p_at_1']:.3f}",
+            *(f"{run['p_at'][x]:.3f}" for x in at),
+            *(f"{run['recall_at'][x]:.3f}" for x in at),
             f"{run['latency_ms']['p50']:.0f}",
             f"{run['latency_ms']['p95']:.0f}",
         )
     out.print(table)
-    out.print(f"ingest images/s: {report['ingest_images_per_s']}")
+    out.print(f"ingest images/s: {report['ingest_images_per_s']}; models: {report['models']}")
+    if "training" in report:
+        out.print(f"training: {json.dumps(report['training'])[:400]}")
 
 
 @app.command(name="demo")

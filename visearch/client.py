@@ -35,6 +35,9 @@ from services.common.proto_convert import (
     RERANK_MODES_BY_NAME,
     index_params_to_proto,
 )
+from services.gateway.query_expansion import DEFAULT_ALPHA as DEFAULT_QE_ALPHA
+from services.gateway.query_expansion import OFF as QE_OFF
+from services.gateway.query_expansion import QueryExpansion
 from visearch.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 
 
@@ -116,6 +119,8 @@ class CollectionInfo:
     target_shards: int = 0
     # LBP texture histograms stored at ingest (needed by rerank="texture").
     texture_features: bool = False
+    # Query expansion of searches that set none (services/gateway/query_expansion.py).
+    query_expansion: QueryExpansion = QE_OFF
 
 
 @dataclass(frozen=True)
@@ -203,6 +208,22 @@ def _collection(message: gateway_pb2.Collection) -> CollectionInfo:
         pending_model_version=message.pending_model_version,
         target_shards=message.target_shards,
         texture_features=message.texture_features,
+        query_expansion=query_expansion_from_proto(message.query_expansion),
+    )
+
+
+def _query_expansion_proto(settings: QueryExpansion) -> gateway_pb2.QueryExpansion:
+    return gateway_pb2.QueryExpansion(
+        top_n=settings.top_n, alpha=settings.alpha, verified=settings.verified
+    )
+
+
+def query_expansion_from_proto(message: gateway_pb2.QueryExpansion) -> QueryExpansion:
+    """An unset alpha is the default one."""
+    return QueryExpansion(
+        top_n=message.top_n,
+        alpha=message.alpha if message.HasField("alpha") else DEFAULT_QE_ALPHA,
+        verified=message.verified,
     )
 
 
@@ -254,14 +275,19 @@ class VisearchClient:
         rerank_depth: int = 0,
         index: IndexOverrides = NO_OVERRIDES,
         texture_features: bool = False,
+        query_expansion: QueryExpansion | None = None,
+        model_version: str = "",
         timeout_s: float | None = None,
     ) -> CollectionInfo:
         """Creates a collection (or returns the existing one of that name).
 
+        model_version: the global model it is embedded with (empty = the gateway's default).
         index: per-collection index settings (exact threshold, ScaNN leaves, re-order);
         zeros are chosen from each shard's size.
         texture_features: store LBP texture histograms at ingest, which rerank="texture"
         needs (on by itself when default_rerank is "texture").
+        query_expansion: what searches that set none use; None = the gateway's default (off
+        unless the gateway is configured otherwise; see docs/query_expansion.md).
         """
         request = gateway_pb2.CreateCollectionRequest(
             name=name,
@@ -270,6 +296,10 @@ class VisearchClient:
             rerank_depth=rerank_depth,
             index_params=index_params_to_proto(index),
             texture_features=texture_features,
+            model_version=model_version,
+            query_expansion=None
+            if query_expansion is None
+            else _query_expansion_proto(query_expansion),
         )
         return _collection(self._call(self._stub.CreateCollection, request, timeout_s))  # type: ignore[arg-type]
 
@@ -312,12 +342,14 @@ class VisearchClient:
         label: str = "",
         attributes: dict[str, str] | None = None,
         return_matches: bool = False,
+        query_expansion: QueryExpansion | None = None,
         timeout_s: float | None = None,
     ) -> SearchResult:
         """rerank: "" (collection default), "none", "geometric" or "texture".
 
         label / attributes: search only items with that label and all those attributes.
         return_matches: with geometric re-rank, fill each hit's inlier_keypoints.
+        query_expansion: this search's (top_n 0 = no alpha-QE); None = the collection's.
         """
         if rerank not in RERANK_MODES_BY_NAME:
             raise InvalidArgumentError(
@@ -331,6 +363,9 @@ class VisearchClient:
             require_complete=require_complete,
             filter=common_pb2.Filter(label=label, attributes=attributes or {}),
             return_matches=return_matches,
+            query_expansion=None
+            if query_expansion is None
+            else _query_expansion_proto(query_expansion),
         )
         response: gateway_pb2.SearchResponse = self._call(self._stub.Search, request, timeout_s)  # type: ignore[assignment]
         return SearchResult(

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from visearch.client import IngestItem, SearchResult, VisearchClient
+from visearch.client import IngestItem, QueryExpansion, SearchResult, VisearchClient
 from visearch.datasets import ImageEntry
 from visearch.evaluation import RetrievalScores, percentiles_ms, score_rankings
 
@@ -64,8 +64,10 @@ def search_entries(
     progress: Progress | None = None,
     image_bytes: Callable[[ImageEntry], bytes] | None = None,
     return_matches: bool = False,
+    query_expansion: QueryExpansion | None = None,
 ) -> list[QueryResult]:
-    """Searches every entry concurrently, in input order."""
+    """Searches every entry concurrently, in input order (query_expansion: None = the
+    collection's)."""
     read = image_bytes or (lambda entry: entry.path.read_bytes())
 
     def one(entry: ImageEntry) -> QueryResult:
@@ -79,6 +81,7 @@ def search_entries(
             label=label,
             attributes=attributes,
             return_matches=return_matches,
+            query_expansion=query_expansion,
         )
         return QueryResult(entry.id, result, (time.perf_counter() - t0) * 1000.0)
 

@@ -26,6 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.model_registry import publish
 from services.common.objectstore import S3ObjectStore
+from services.models.build import BASE_VERSION
 
 STATE_FILE = "stack.json"
 # The services' default bucket names (services.common.config.ObjectStoreConfig).
@@ -128,13 +129,21 @@ def weed_binary() -> str:
 
 
 def find_model_dir(models_dir: Path) -> Path:
-    manifests = sorted((models_dir / "global").glob("*/manifest.json"))
-    if not manifests:
+    """The default global model's folder (``services.models.build.BASE_VERSION``)."""
+    model_dir = models_dir / "global" / BASE_VERSION
+    if not (model_dir / "manifest.json").is_file():
         raise StackError(
-            f"no model under {models_dir}/global: run `python -m services.models.build --out "
-            f"{models_dir}` (make models) first"
+            f"no model {BASE_VERSION} under {models_dir}/global: run `python -m "
+            f"services.models.build --out {models_dir}` (make models) first"
         )
-    return manifests[-1].parent
+    return model_dir
+
+
+def publish_other_global_models(store: S3ObjectStore, models_dir: Path, default: Path) -> None:
+    """Publishes every other built global model, so a collection can choose it."""
+    for manifest in sorted((models_dir / "global").glob("*/manifest.json")):
+        if manifest.parent != default:
+            publish(store, "models", manifest.parent)
 
 
 def publish_local_model(store: S3ObjectStore, models_dir: Path) -> dict[str, str]:
@@ -329,6 +338,7 @@ def up(
         redis_url, s3_endpoint = start_storage(launcher, timeout_s)
         store = S3ObjectStore(s3_endpoint, S3_ACCESS_KEY, S3_SECRET_KEY)
         manifest = publish(store, "models", model_dir)
+        publish_other_global_models(store, models_dir, model_dir)
         local_env = publish_local_model(store, models_dir)
         common_env = {
             "VISEARCH_S3_ENDPOINT": s3_endpoint,

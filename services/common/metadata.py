@@ -42,6 +42,11 @@ class CollectionConfig:
     pending_generation: int = 0
     # LBP texture histograms stored at ingest (RERANK_MODE_TEXTURE needs them).
     texture_features: bool = False
+    # Query expansion when a search sets none (services/gateway/query_expansion.py):
+    # alpha-QE over the best qe_top_n results (0 = off), and spatially verified QE.
+    qe_top_n: int = 0
+    qe_alpha: float = 3.0
+    qe_verified: bool = False
 
     def index_overrides(self) -> IndexOverrides:
         """The index settings sent to the shards with every upsert."""

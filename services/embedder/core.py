@@ -58,14 +58,22 @@ def create_session(
     return session
 
 
+def preprocess_global(manifest: ModelManifest, image_rgb: np.ndarray) -> np.ndarray:
+    """uint8 [H, W, 3] RGB -> float32 [3, h, w], resized and normalised per the manifest."""
+    height, width = manifest.input_size
+    resized = cv2.resize(image_rgb, (width, height), interpolation=cv2.INTER_AREA)
+    mean = np.asarray(manifest.mean, dtype=np.float32).reshape(1, 1, 3)
+    std = np.asarray(manifest.std, dtype=np.float32).reshape(1, 1, 3)
+    normalised = (resized.astype(np.float32) / 255.0 - mean) / std
+    return np.ascontiguousarray(normalised.transpose(2, 0, 1))
+
+
 class GlobalModel:
     """A global-embedding ONNX model and the preprocessing its manifest describes."""
 
     def __init__(self, manifest: ModelManifest, session: ort.InferenceSession) -> None:
         self.manifest = manifest
         self._session = session
-        self._mean = np.asarray(manifest.mean, dtype=np.float32).reshape(1, 1, 3)
-        self._std = np.asarray(manifest.std, dtype=np.float32).reshape(1, 1, 3)
 
     @property
     def providers(self) -> list[str]:
@@ -73,10 +81,7 @@ class GlobalModel:
 
     def preprocess(self, image_rgb: np.ndarray) -> np.ndarray:
         """uint8 [H, W, 3] RGB -> float32 [3, h, w], resized and normalised per the manifest."""
-        height, width = self.manifest.input_size
-        resized = cv2.resize(image_rgb, (width, height), interpolation=cv2.INTER_AREA)
-        normalised = (resized.astype(np.float32) / 255.0 - self._mean) / self._std
-        return np.ascontiguousarray(normalised.transpose(2, 0, 1))
+        return preprocess_global(self.manifest, image_rgb)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """float32 [n, 3, h, w] -> float32 [n, dims], L2-normalised."""

@@ -165,15 +165,20 @@ class GrpcShard:
         k: int,
         search_filter: SearchFilter,
         timeout: float | None,
+        vectors_for_top: int = 0,
     ) -> list[list[ShardHit]]:
         request = indexer_pb2.IndexSearchRequest(
             collection=collection,
             queries=vectors_to_proto(queries),
             k=k,
             filter=filter_to_proto(search_filter.label, search_filter.attributes),
+            vectors_for_top=vectors_for_top,
         )
         response = call(self._stub.Search, request, timeout=timeout, peer=self._peer)
-        return [[ShardHit(n.id, n.score) for n in result.neighbors] for result in response.results]
+        return [
+            [ShardHit(n.id, n.score, _vector(n.vector)) for n in result.neighbors]
+            for result in response.results
+        ]
 
     def stats(self, collection: str, timeout: float | None) -> ShardInfo:
         response = call(
@@ -227,6 +232,11 @@ class GrpcVerifier:
         )
         response = call(self._stub.Rerank, request, timeout=timeout, peer="verifier")
         return [_rerank_output(c) for c in response.candidates]
+
+
+def _vector(data: bytes) -> np.ndarray | None:
+    """Packed float32 little-endian bytes -> float32 [dims] (None when empty)."""
+    return np.frombuffer(data, dtype="<f4").astype(np.float32) if data else None
 
 
 def _candidates_proto(candidates: list[RerankInput]) -> list[verifier_pb2.RerankCandidate]:

@@ -29,9 +29,11 @@ from services.common.local_features import (
 from services.common.metadata import CollectionConfig, ImageMeta, MetadataStore
 from services.common.objectstore import ObjectStore
 from services.common.texture_features import histogram_to_bytes, texture_key
+from services.gateway import query_expansion as qe
 from services.gateway import validation
 from services.gateway.generations import GenerationWriter
 from services.gateway.layout import Layout, check_fits
+from services.gateway.model_probe import check_embedder_serves
 from services.gateway.ports import (
     EmbedderPort,
     Hit,
@@ -69,6 +71,13 @@ class GatewaySettings:
     # Shards of a new collection; 0 = every indexer (spare ones make room to reshard).
     default_shards: int = 0
     reshard: ReshardSettings = field(default_factory=ReshardSettings)
+    # Spatially verified query expansion trusts hits with more inliers than this (keep it
+    # equal to the verifier's minimum, services/verifier/geometry.py).
+    verified_min_inliers: int = qe.DEFAULT_VERIFIED_MIN_INLIERS
+    # Query expansion of a collection created without its own (docs/query_expansion.md):
+    # spatially verified expansion of geometric searches, which raised mAP on every dev set
+    # where objects have several images and changed nothing elsewhere; alpha-QE off.
+    default_query_expansion: qe.QueryExpansion = qe.VERIFIED_ONLY
 
 
 @dataclass(frozen=True)
@@ -131,7 +140,15 @@ class GatewayCore:
         rerank_depth: int = 0,
         index: IndexOverrides = NO_OVERRIDES,
         texture_features: bool = False,
+        query_expansion: qe.QueryExpansion | None = None,
+        model_version: str = "",
     ) -> CollectionConfig:
+        """query_expansion: used by searches that set none; None = the gateway's default
+        (GatewaySettings.default_query_expansion; docs/query_expansion.md says when it helps).
+        model_version: the global model; empty = the gateway's default, else probed with the
+        embedder (NOT_FOUND when it has no such version)."""
+        if query_expansion is None:
+            query_expansion = self._settings.default_query_expansion
         check_collection_name(name)
         default_rerank = default_rerank or "none"
         validation.check_rerank_mode(default_rerank)
@@ -144,9 +161,13 @@ class GatewayCore:
         if not 0 <= rerank_depth <= validation.MAX_K:
             raise InvalidArgumentError(f"rerank_depth must be in 0..{validation.MAX_K}")
         validation.check_index_overrides(index)
+        qe.check(query_expansion, "collection query expansion")
+        other_model = model_version and model_version != self._settings.model_version
+        if other_model and self._s.metadata.get_collection(name) is None:
+            check_embedder_serves(self._s.embedder, model_version, self._settings.default_timeout_s)
         config = CollectionConfig(
             name=name,
-            model_version=self._settings.model_version,
+            model_version=model_version or self._settings.model_version,
             shards=min(self._settings.default_shards or self.shard_count, self.shard_count),
             default_rerank=default_rerank,
             local_feature_type=feature_type,
@@ -157,6 +178,9 @@ class GatewayCore:
             leaves_to_search=index.leaves_to_search,
             reorder=index.reorder,
             texture_features=texture_features or default_rerank == "texture",
+            qe_top_n=query_expansion.top_n,
+            qe_alpha=query_expansion.alpha,
+            qe_verified=query_expansion.verified,
         )
         if not self._s.metadata.create_collection(config):
             existing = self._s.metadata.get_collection(name)
@@ -305,6 +329,7 @@ class GatewayCore:
                 "its images again"
             )
         validation.check_filter(query.search_filter)
+        expansion = _expansion_for(config, query.query_expansion, mode)
         image = self._image_bytes(query.image, query.object_key, "query")
         if not image:
             raise InvalidArgumentError("search needs a query image (bytes or object key)")
@@ -331,11 +356,26 @@ class GatewayCore:
                 f"embedder serves {embedded.model_version}, collection uses {config.model_version}"
             )
         depth = max(k, config.rerank_depth) if mode in ("geometric", "texture") else k
+        verified_qe = expansion.verified and mode == "geometric"
         t0 = time.perf_counter()
-        merged, missing = self._scatter_gather(
-            config, embedded.vectors, depth, query.search_filter, deadline
+        vectors = embedded.vectors
+        missing: list[int] = []
+        if expansion.top_n:
+            vectors, missing = self._alpha_expanded(
+                config, vectors, expansion, query.search_filter, deadline
+            )
+            timings["index"] = _ms_since(t0)
+            t0 = time.perf_counter()
+        merged, missed = self._scatter_gather(
+            config,
+            vectors,
+            depth,
+            query.search_filter,
+            deadline,
+            vectors_for_top=depth if verified_qe else 0,
         )
-        timings["index"] = _ms_since(t0)
+        missing = sorted(set(missing) | set(missed))
+        timings["index_expanded" if expansion.top_n else "index"] = _ms_since(t0)
         if missing and query.require_complete:
             raise UnavailableError(
                 f"shards {missing} did not answer in time; retry, or accept partial results",
@@ -354,6 +394,19 @@ class GatewayCore:
             t0 = time.perf_counter()
             hits = self._rerank(query_features[0], hits, deadline, query.return_matches)
             timings["rerank"] = _ms_since(t0)
+            if verified_qe:
+                t0 = time.perf_counter()
+                hits, missed = self._verified_expanded(
+                    config, embedded.vectors[0], hits, merged, k, query.search_filter, deadline
+                )
+                if missed and query.require_complete:
+                    raise UnavailableError(
+                        f"shards {missed} did not answer the expanded search in time; retry, "
+                        "or accept partial results",
+                        retryable=False,
+                    )
+                missing = sorted(set(missing) | set(missed))
+                timings["index_verified"] = _ms_since(t0)
         if texture_future is not None and hits:
             texture = texture_future.result(timeout=deadline.remaining())
             t0 = time.perf_counter()
@@ -390,6 +443,86 @@ class GatewayCore:
         timings["texture"] = _ms_since(t0)
         return texture
 
+    def _alpha_expanded(
+        self,
+        config: CollectionConfig,
+        vectors: np.ndarray,
+        expansion: qe.QueryExpansion,
+        search_filter: SearchFilter,
+        deadline: Deadline,
+    ) -> tuple[np.ndarray, list[int]]:
+        """vectors: float32 [1, d] query -> (float32 [1, d] alpha-expanded query, shards that
+        did not answer). Combines the best `top_n` live hits (those with metadata)."""
+        first, missing = self._scatter_gather(
+            config, vectors, expansion.top_n, search_filter, deadline, expansion.top_n
+        )
+        metas = self._s.metadata.get_images(config.name, [hit.id for hit in first])
+        live = [
+            hit
+            for hit, meta in zip(first, metas, strict=True)
+            if meta is not None and hit.vector is not None
+        ]
+        if not live:
+            return vectors, missing
+        neighbours = np.stack([hit.vector for hit in live]).astype(np.float32)
+        sims = np.array([hit.score for hit in live], dtype=np.float32)
+        expanded = qe.expand_one(vectors[0], neighbours, sims, expansion.alpha)
+        return expanded[None, :], missing
+
+    def _verified_expanded(
+        self,
+        config: CollectionConfig,
+        query: np.ndarray,
+        hits: list[Hit],
+        merged: list[ShardHit],
+        k: int,
+        search_filter: SearchFilter,
+        deadline: Deadline,
+    ) -> tuple[list[Hit], list[int]]:
+        """Spatially verified QE. query: float32 [d]; hits: re-ranked, best first; merged:
+        the searched hits with their vectors. Verified hits stay on top in their order; a
+        search with normalise(query + their vectors) fills the rest of the k."""
+        vectors = {hit.id: hit.vector for hit in merged if hit.vector is not None}
+        minimum = self._settings.verified_min_inliers
+        verified = [hit for hit in hits if qe.is_verified(hit.inliers, minimum)]
+        combined = [vectors[hit.id] for hit in verified if hit.id in vectors][: qe.MAX_VERIFIED]
+        if not combined or len(verified) >= k:  # nothing to expand with, or no room to fill
+            return hits, []
+        neighbours = np.stack(combined).astype(np.float32)
+        expanded = qe.expand_one(query, neighbours, np.ones(len(combined), np.float32), 0.0)
+        depth = min(validation.MAX_K, k + len(verified))
+        found, missing = self._scatter_gather(
+            config, expanded[None, :], depth, search_filter, deadline
+        )
+        taken = {hit.id for hit in verified}
+        fresh = [hit for hit in found if hit.id not in taken]
+        metas = self._s.metadata.get_images(config.name, [hit.id for hit in fresh])
+        before = {hit.id: hit for hit in hits}
+        floor = verified[-1].score
+        fill = []
+        for shard_hit, meta in zip(fresh, metas, strict=True):
+            if meta is None:
+                continue
+            evidence = before.get(shard_hit.id)
+            fill.append(
+                Hit(
+                    id=shard_hit.id,
+                    # Below every verified hit, so scores fall as the list goes down.
+                    score=min(shard_hit.score, floor),
+                    label=meta.label,
+                    attributes=meta.attributes,
+                    global_score=shard_hit.score,
+                    inliers=evidence.inliers if evidence else 0,
+                    reason=f"expanded query {shard_hit.score:.2f} "
+                    f"(query + {len(combined)} verified results)",
+                    sha256=meta.sha256,
+                    matches=evidence.matches if evidence else 0,
+                    inlier_ratio=evidence.inlier_ratio if evidence else 0.0,
+                    inlier_keypoints=evidence.inlier_keypoints if evidence else None,
+                )
+            )
+        return verified + fill, missing
+
     def _scatter_gather(
         self,
         config: CollectionConfig,
@@ -397,14 +530,22 @@ class GatewayCore:
         depth: int,
         search_filter: SearchFilter,
         deadline: Deadline,
+        vectors_for_top: int = 0,
     ) -> tuple[list[ShardHit], list[int]]:
         """Searches the collection's shards in parallel; exact top-`depth` merge of those
         that answered, each id once (during a reshard an id may be on two shards). Asks
-        again if the layout changed meanwhile (services/gateway/routing.py)."""
+        again if the layout changed meanwhile (services/gateway/routing.py).
+        vectors_for_top > 0: each shard's best that-many hits carry their vector."""
         layout = Layout.of(config)
         for _ in range(3):
             merged, missing = self._search_shards(
-                config.index_name, layout, vectors, depth, search_filter, deadline
+                config.index_name,
+                layout,
+                vectors,
+                depth,
+                search_filter,
+                deadline,
+                vectors_for_top,
             )
             latest = latest_layout(self._s.metadata, config)
             if latest == layout:
@@ -420,11 +561,20 @@ class GatewayCore:
         depth: int,
         search_filter: SearchFilter,
         deadline: Deadline,
+        vectors_for_top: int = 0,
     ) -> tuple[list[ShardHit], list[int]]:
         remaining = deadline.remaining() * self._settings.shard_time_fraction
+        # Only query expansion asks for vectors (shards that predate it take no such argument).
+        extra = {"vectors_for_top": vectors_for_top} if vectors_for_top else {}
         futures = {
             self._pool.submit(
-                self._s.shards[shard].search, collection, vectors, depth, search_filter, remaining
+                self._s.shards[shard].search,
+                collection,
+                vectors,
+                depth,
+                search_filter,
+                remaining,
+                **extra,
             ): shard
             for shard in layout.search_shards
         }
@@ -521,6 +671,21 @@ class GatewayCore:
             except VisearchError:
                 infos.append(None)
         return config, self._s.metadata.count_images(collection), infos
+
+
+def _expansion_for(
+    config: CollectionConfig, requested: qe.QueryExpansion | None, mode: str
+) -> qe.QueryExpansion:
+    """The search's query expansion: its own (validated), else the collection's."""
+    if requested is None:
+        return qe.QueryExpansion(config.qe_top_n, config.qe_alpha, config.qe_verified)
+    qe.check(requested)
+    if requested.verified and mode != "geometric":
+        raise InvalidArgumentError(
+            f"verified query expansion needs geometric re-ranking, but this search re-ranks "
+            f"with {mode!r}: set rerank to geometric, or verified to false"
+        )
+    return requested
 
 
 def _reranked_hits(hits: list[Hit], reranked: list[RerankOutput]) -> list[Hit]:

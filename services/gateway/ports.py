@@ -9,12 +9,16 @@ import numpy as np
 
 from services.common.index_types import NO_FILTER, IndexOverrides, ItemMeta, SearchFilter
 from services.common.local_features import LocalFeatures
+from services.gateway.query_expansion import QueryExpansion
 
 
 @dataclass(frozen=True)
 class ShardHit:
+    """vector: the stored float32 [dims] vector, when the search asked for it (query expansion)."""
+
     id: str
     score: float
+    vector: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -100,7 +104,10 @@ class ShardPort(Protocol):
         k: int,
         search_filter: SearchFilter,
         timeout: float | None,
-    ) -> list[list[ShardHit]]: ...
+        vectors_for_top: int = 0,
+    ) -> list[list[ShardHit]]:
+        """vectors_for_top > 0: the best that-many hits of each query carry their vector."""
+        ...
 
     def stats(self, collection: str, timeout: float | None) -> ShardInfo: ...
 
@@ -155,6 +162,8 @@ class SearchQuery:
     require_complete: bool = False
     search_filter: SearchFilter = NO_FILTER
     return_matches: bool = False
+    # None = the collection's query expansion.
+    query_expansion: QueryExpansion | None = None
 
 
 @dataclass(frozen=True, eq=False)

@@ -37,9 +37,6 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
-import cv2
-import numpy as np
-
 from services.common.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
@@ -51,6 +48,7 @@ from services.common.metadata import CollectionConfig, ImageMeta, index_name
 from services.common.model_registry import check_version
 from services.gateway.core import Services
 from services.gateway.generations import GenerationWriter
+from services.gateway.model_probe import check_embedder_serves
 from services.gateway.reembed_store import PHASE_SWITCHED, JobState, ReembedStore
 from services.gateway.routing import upsert_routed
 
@@ -82,14 +80,6 @@ class ReembedSettings:
     default_drop_grace_s: float = 30.0
     lease_s: float = 10.0
     timeout_s: float = 60.0  # per embedder / shard call
-
-
-def probe_image() -> bytes:
-    """A small PNG to check that the embedder serves a version before anything changes."""
-    gradient = np.linspace(0, 255, 64 * 64 * 3, dtype=np.float32).reshape(64, 64, 3)
-    ok, encoded = cv2.imencode(".png", gradient.astype(np.uint8))
-    assert ok
-    return encoded.tobytes()
 
 
 class Reembedder:
@@ -239,11 +229,7 @@ class Reembedder:
         yield from self._finish(collection, state, grace)
 
     def _publish_pending(self, config: CollectionConfig, version: str) -> CollectionConfig:
-        probe = self._s.embedder.embed_global([probe_image()], self._settings.timeout_s, version)
-        if probe.model_version != version:
-            raise FailedPreconditionError(
-                f"the embedder answered with {probe.model_version!r} when asked for {version!r}"
-            )
+        check_embedder_serves(self._s.embedder, version, self._settings.timeout_s)
         generation = config.generation + 1
         # Leftovers of an abandoned attempt at this generation would mix with the new one.
         self._drop(index_name(config.name, generation))

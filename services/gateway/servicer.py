@@ -17,6 +17,7 @@ from services.common.proto_convert import (
     index_params_from_proto,
     index_params_to_proto,
 )
+from services.gateway import query_expansion as qe
 from services.gateway.core import GatewayCore
 from services.gateway.ports import IngestItem, SearchQuery
 from services.gateway.reembed import Reembedder
@@ -37,6 +38,18 @@ def _collection_proto(config: CollectionConfig) -> gateway_pb2.Collection:
         generation=config.generation,
         pending_model_version=config.pending_model_version,
         texture_features=config.texture_features,
+        query_expansion=gateway_pb2.QueryExpansion(
+            top_n=config.qe_top_n, alpha=config.qe_alpha, verified=config.qe_verified
+        ),
+    )
+
+
+def query_expansion_from_proto(message: gateway_pb2.QueryExpansion) -> qe.QueryExpansion:
+    """An unset alpha is the default one."""
+    return qe.QueryExpansion(
+        top_n=message.top_n,
+        alpha=message.alpha if message.HasField("alpha") else qe.DEFAULT_ALPHA,
+        verified=message.verified,
     )
 
 
@@ -82,6 +95,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             request.rerank_depth,
             index_params_from_proto(request.index_params),
             request.texture_features,
+            query_expansion_from_proto(request.query_expansion)
+            if request.HasField("query_expansion")
+            else None,
+            request.model_version,
         )
         return _collection_proto(config)
 
@@ -122,6 +139,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             require_complete=request.require_complete,
             search_filter=SearchFilter(request.filter.label, dict(request.filter.attributes)),
             return_matches=request.return_matches,
+            query_expansion=query_expansion_from_proto(request.query_expansion)
+            if request.HasField("query_expansion")
+            else None,
         )
         outcome = self._slot.get().search(query, context.time_remaining())
         return gateway_pb2.SearchResponse(

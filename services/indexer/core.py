@@ -358,6 +358,15 @@ class Shard:
             return [[] for _ in range(len(queries))], "exact"
         return entry.index.search(queries, k, search_filter)
 
+    def vectors(self, collection: str, ids: list[str]) -> list[np.ndarray | None]:
+        """The stored vector (float32 [dims]) of each id, None where the shard holds none."""
+        check_index_name(collection)
+        with self._lock:
+            entry = self._collections.get(collection)
+        if entry is None:
+            return [None] * len(ids)
+        return entry.index.vectors_of(ids)
+
     def stats(self, collection: str = "") -> list[CollectionStats]:
         with self._lock:
             items = sorted(self._collections.items())

@@ -12,6 +12,7 @@ from services.common.index_types import IndexOverrides, ItemMeta, SearchFilter
 from services.common.metrics import ServiceMetrics
 from services.common.proto_convert import metadata_to_proto, vectors_from_proto, vectors_to_proto
 from services.indexer.core import Shard
+from services.indexer.vector_index import Neighbor
 from visearch.v1 import indexer_pb2, indexer_pb2_grpc
 
 DEFAULT_FETCH_LIMIT = 500
@@ -111,11 +112,29 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
             method=method,
             results=[
                 indexer_pb2.NeighborList(
-                    neighbors=[indexer_pb2.Neighbor(id=n.id, score=n.score) for n in neighbors]
+                    neighbors=self._neighbors(
+                        request.collection, neighbors, request.vectors_for_top
+                    )
                 )
                 for neighbors in results
             ],
         )
+
+    def _neighbors(
+        self, collection: str, neighbors: list[Neighbor], vectors_for_top: int
+    ) -> list[indexer_pb2.Neighbor]:
+        """Protos of one query's neighbours; the first `vectors_for_top` carry their vector
+        (float32 little-endian; empty if the id was deleted since the search)."""
+        if vectors_for_top < 0:
+            raise InvalidArgumentError(f"vectors_for_top must be >= 0, got {vectors_for_top}")
+        top = [n.id for n in neighbors[:vectors_for_top]]
+        vectors = self._shard.vectors(collection, top) if top else []
+        packed = [b"" if v is None else v.astype("<f4").tobytes() for v in vectors]
+        packed += [b""] * (len(neighbors) - len(packed))
+        return [
+            indexer_pb2.Neighbor(id=n.id, score=n.score, vector=data)
+            for n, data in zip(neighbors, packed, strict=True)
+        ]
 
     def Stats(
         self, request: indexer_pb2.IndexStatsRequest, context: grpc.ServicerContext

@@ -392,6 +392,12 @@ class VectorIndex:
         with self._lock:
             return image_id in self._row_of
 
+    def vectors_of(self, ids: list[str]) -> list[np.ndarray | None]:
+        """The stored vector (float32 [dims], a copy) of each id; None for an id not held."""
+        with self._lock:
+            rows = [self._row_of.get(image_id) for image_id in ids]
+            return [None if row is None else self._matrix[row].copy() for row in rows]
+
     def search(
         self, queries: np.ndarray, k: int, search_filter: SearchFilter = NO_FILTER
     ) -> tuple[list[list[Neighbor]], str]:

@@ -16,12 +16,13 @@ the output of the last stride-16 stage (3 residual blocks of 96 channels). Why t
   PCA-reduce to 40-d and cheap to store before reduction.
 
 Attention (DELF's "attention-based keypoint selection"): a two-layer 1x1-conv head
-``softplus(conv(relu(conv(f))))`` on the frozen features, trained as DELF does: the attention
-weights the L2-normalised features, their mean is classified by a linear layer, and the head
-and classifier are trained with cross-entropy on image labels (UKBench groups 0-174 only, so
-the evaluation groups 175-249 stay unseen). The backbone is frozen, so its feature maps are
-computed once and the head trains on the cached maps in seconds. Without labelled data the
-feature norm ``||f||`` is the attention (:class:`NormAttention`).
+``softplus(conv(relu(conv(f))))`` on the frozen features. DELF trains it through an image
+classifier on landmark labels; here it is trained self-supervised, on synthetic warps of images
+that ship with scikit-image / scikit-learn (``services.models.delf_synthetic``), to predict
+whether a grid cell's descriptor finds its true counterpart in another view, distinctly (a
+ratio test). That is what keypoint selection is for, it needs no dataset, and it learns to
+avoid repeated structure. The backbone is frozen, so the head trains on cached cell features
+in seconds. Without training the feature norm ``||f||`` is the attention (:class:`NormAttention`).
 
 Descriptors (done by the embedder from the ONNX outputs, see ``services.embedder.delf``):
 L2-normalise → subtract the mean → project to 40-d → L2-normalise. The projection is a
@@ -31,13 +32,10 @@ stored in the model manifest.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from torch import nn
@@ -99,41 +97,73 @@ class DelfLocalModel(nn.Module):
 
 
 @dataclass(frozen=True)
-class AttentionTraining:
-    """Settings of the attention training (seeded; a few seconds on 2 CPU cores).
+class MatchabilityTraining:
+    """Settings of the self-supervised attention training (seeded; seconds on 2 CPU cores).
 
     Attributes:
-        input_size: (height, width) every training image is resized to.
-        steps: optimiser steps of Adam on the cached feature maps.
-        batch: feature maps per step.
+        steps: optimiser steps of Adam on the labelled cells.
+        batch: cells per step.
         learning_rate: Adam learning rate.
         seed: seeds torch and the batch order.
     """
 
-    input_size: tuple[int, int] = (240, 320)
-    steps: int = 400
-    batch: int = 64
+    steps: int = 1500
+    batch: int = 512
     learning_rate: float = 3e-3
     seed: int = 0
 
 
-def feature_maps(
-    runner: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
-    images: Sequence[np.ndarray],
-    input_size: tuple[int, int],
-) -> np.ndarray:
-    """RGB uint8 images ([H,W,3] each) → frozen features [N,96,h,w] float32 at ``input_size``.
+def attention_logits(head: AttentionHead, features: torch.Tensor) -> torch.Tensor:
+    """The head's score before the softplus ([N,C,h,w] → [N,1,h,w]); softplus is monotonic,
+    so ranking cells by the logit or by the served attention is the same."""
+    return head.conv2(torch.relu(head.conv1(features)))
 
-    ``runner`` is a per-scale network run ([1,3,H,W] → (features, attention)); each image is
-    also added flipped left-right (augmentation), so N = 2 * len(images).
+
+def train_matchability(
+    features: np.ndarray, labels: np.ndarray, settings: MatchabilityTraining
+) -> tuple[AttentionHead, dict[str, float]]:
+    """Train the attention head to predict whether a cell survives a change of view.
+
+    Args:
+        features: [n, 96] float32 raw (frozen) features of grid cells.
+        labels: [n] float32 in {0, 1} (``delf_synthetic.cell_labels``).
+        settings: optimiser settings.
+
+    Returns:
+        (head in eval mode, {"positive_rate", "auc"}: the share of matchable cells and the
+        ROC AUC of the trained logits on all cells, a check that it learned something).
     """
-    height, width = input_size
-    out = []
-    for image in images:
-        resized = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
-        for view in (resized, resized[:, ::-1]):
-            out.append(runner(normalise_nhwc(view[None]))[0])
-    return np.concatenate(out)
+    torch.manual_seed(settings.seed)
+    x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))[:, :, None, None]
+    y = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.float32))
+    positives = float(y.sum())
+    pos_weight = torch.tensor((len(y) - positives) / max(positives, 1.0))
+    head = AttentionHead()
+    optimiser = torch.optim.Adam(head.parameters(), lr=settings.learning_rate)
+    generator = torch.Generator().manual_seed(settings.seed)
+    for _ in range(settings.steps):
+        idx = torch.randint(0, len(x), (settings.batch,), generator=generator)
+        logits = attention_logits(head, x[idx]).reshape(-1)
+        loss = nn.functional.binary_cross_entropy_with_logits(logits, y[idx], pos_weight=pos_weight)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    head.eval()
+    with torch.no_grad():
+        scores = attention_logits(head, x).reshape(-1).numpy()
+    return head, {"positive_rate": positives / max(len(y), 1), "auc": roc_auc(scores, labels)}
+
+
+def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """ROC AUC of [n] float scores for [n] {0, 1} labels (rank statistic; 0.5 = chance)."""
+    order = np.argsort(scores, kind="stable")
+    ranks = np.empty(len(scores), dtype=np.float64)
+    ranks[order] = np.arange(1, len(scores) + 1)
+    positive = labels > 0.5
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return 0.5
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def normalise_nhwc(images: np.ndarray) -> np.ndarray:
@@ -142,52 +172,6 @@ def normalise_nhwc(images: np.ndarray) -> np.ndarray:
     std = np.array([0.229, 0.224, 0.225], dtype=np.float32)
     x = (images.astype(np.float32) / 255.0 - mean) / std
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-
-
-def train_attention(
-    maps: torch.Tensor, labels: Sequence[int], settings: AttentionTraining
-) -> tuple[AttentionHead, float]:
-    """Train DELF's attention head on cached feature maps.
-
-    Args:
-        maps: [N,96,h,w] float32 frozen features.
-        labels: N class ids in 0..K-1.
-        settings: optimiser settings.
-
-    Returns:
-        (head in eval mode, training accuracy of the last 50 steps).
-    """
-    torch.manual_seed(settings.seed)
-    target = torch.as_tensor(np.asarray(labels), dtype=torch.long)
-    classes = int(target.max()) + 1
-    head = AttentionHead()
-    classifier = nn.Linear(FEATURE_CHANNELS, classes)
-    params = list(head.parameters()) + list(classifier.parameters())
-    optimiser = torch.optim.Adam(params, lr=settings.learning_rate)
-    unit = nn.functional.normalize(maps, dim=1, eps=L2_EPS)
-    generator = torch.Generator().manual_seed(settings.seed)
-    correct = seen = 0
-    for step in range(settings.steps):
-        idx = torch.randint(0, len(maps), (settings.batch,), generator=generator)
-        attention = head(maps[idx])
-        pooled = (attention * unit[idx]).mean(dim=(2, 3))
-        logits = classifier(pooled)
-        loss = nn.functional.cross_entropy(logits, target[idx])
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        if step >= settings.steps - 50:
-            correct += int((logits.argmax(1) == target[idx]).sum())
-            seen += settings.batch
-    return head.eval(), correct / max(seen, 1)
-
-
-def training_digest(paths: Sequence[Path], labels: Sequence[int]) -> str:
-    """sha256 over the training files' names, sizes and labels (identifies the data used)."""
-    digest = hashlib.sha256()
-    for path, label in zip(paths, labels, strict=True):
-        digest.update(f"{path.name}:{path.stat().st_size}:{label}\n".encode())
-    return digest.hexdigest()
 
 
 def torch_runner(model: DelfLocalModel) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:

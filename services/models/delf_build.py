@@ -2,17 +2,23 @@
 
 Produces ``<out>/local/<version>/model.onnx`` and ``manifest.json`` (the 40-d whitening lives in
 the manifest, so the model registry publishes and fetches it with the version). Training data:
-UKBench groups 0-174 (``TRAIN_GROUPS``) of ``<datasets>/ukbench1000``; groups 175-249 are
-never seen, so evaluations on them stay honest. When that folder is missing the build is
-skipped with a message (the embedder then serves RootSIFT only).
+the images bundled with scikit-image and scikit-learn (``services.models.delf_synthetic``), so
+every machine builds it (no dataset folder needed; no evaluation image is ever seen). Steps:
+1. The frozen backbone with feature-norm attention: a first whitening from synthetic warped
+   pairs of the norm-selected cells.
+2. Matchability labels of every cell of synthetic view pairs (with that whitening); the
+   attention head is trained to predict them (``delf.train_matchability``).
+3. The final model (backbone + trained head) → ONNX, checked against torch; the final
+   whitening from warped pairs of the cells its attention selects.
+Deterministic (seeded) and about a minute on 2 CPU cores.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,8 +38,10 @@ from services.models.weights import WEIGHTS_SHA256, ensure_mobilenet_v2_weights
 
 MODEL_NAME = "delf-mobilenetv2"
 # Bump when anything that changes stored descriptors changes (layer, head, training, PCA).
-VERSION = "delf-mobilenetv2-v2"
-TRAIN_GROUPS = range(0, 175)
+VERSION = "delf-mobilenetv2-v3"
+VIEWS_PER_IMAGE = 8  # synthetic view pairs per bundled image (attention labels and whitening)
+WHITENING_SEED = 0
+LABEL_SEED = 1
 WHITENING_SHRINKAGE = 0.01
 HEAD_FILENAME = "attention_head.npz"
 INPUT_NAME = "images"
@@ -53,26 +61,6 @@ if TYPE_CHECKING:
     import torch
 
     from services.models.delf import DelfLocalModel
-
-DEFAULT_DATASETS = Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
-
-
-def training_set(datasets: Path) -> tuple[list[Path], list[int]] | None:
-    """(image paths, labels 0..174) of UKBench groups 0-174, or None when absent."""
-    ground_truth = datasets / "ukbench1000" / "groundtruth.csv"
-    if not ground_truth.is_file():
-        return None
-    with ground_truth.open(newline="", encoding="utf-8") as handle:
-        rows = [r for r in csv.DictReader(handle) if int(r["group"]) in TRAIN_GROUPS]
-    paths = [ground_truth.parent / "images" / r["filename"] for r in rows]
-    return paths, [int(r["group"]) for r in rows]
-
-
-def _read_rgb(path: Path) -> np.ndarray:
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise FileNotFoundError(f"cannot read training image {path}")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 def export_onnx(model: DelfLocalModel, path: Path) -> None:
@@ -133,30 +121,30 @@ def up_to_date(model_dir: Path) -> dict[str, Any] | None:
     return built(model_dir, VERSION, (DEFAULT_BASE_SIDE, DEFAULT_BASE_SIDE))
 
 
-def build_local(
-    out: Path, datasets: Path = DEFAULT_DATASETS, weights_cache: Path | None = None
-) -> tuple[Path, dict[str, Any] | None, str]:
+def build_local(out: Path, weights_cache: Path | None = None) -> tuple[Path, dict[str, Any], str]:
     """Build the DELF model under ``out/local/VERSION`` unless up to date.
 
-    Returns (model_dir, manifest or None when skipped, state: "built"/"up to date"/"skipped").
+    The training images ship with scikit-image / scikit-learn, so it always builds. Returns
+    (model_dir, manifest, state: "built" or "up to date").
     """
     model_dir = out / "local" / VERSION
     if (manifest := up_to_date(model_dir)) is not None:
         return model_dir, manifest, "up to date"
-    data = training_set(datasets)
-    if data is None:
-        return model_dir, None, "skipped"
-    paths, groups = data
     started = time.perf_counter()
     import torch
 
+    from services.embedder.delf import PcaWhitening
     from services.models.delf import (
-        AttentionTraining,
         DelfLocalModel,
+        MatchabilityTraining,
         NormAttention,
-        feature_maps,
-        train_attention,
-        training_digest,
+        train_matchability,
+    )
+    from services.models.delf_synthetic import (
+        SKIMAGE_IMAGES,
+        matchability_samples,
+        random_crop,
+        training_images,
     )
     from services.models.delf_whitening import learn_whitening, warped_pairs
     from services.models.mobilenet_v2 import load_mobilenet_v2
@@ -164,28 +152,29 @@ def build_local(
     torch.manual_seed(0)
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     backbone = load_mobilenet_v2(ensure_mobilenet_v2_weights(weights_cache))
-    images = [_read_rgb(p) for p in paths]
-    training = AttentionTraining()
-    labels = [g - TRAIN_GROUPS.start for g in groups]
+    images = training_images()
+    crop_rng = np.random.default_rng(WHITENING_SEED)
+    crops = [random_crop(image, crop_rng) for image in images for _ in range(VIEWS_PER_IMAGE)]
+    training = MatchabilityTraining()
     model_dir.mkdir(parents=True, exist_ok=True)
     tmp_onnx = model_dir / f".model.onnx.{os.getpid()}.tmp"
     try:
         # The frozen backbone's maps come from ONNX Runtime (~10x faster than torch on CPU).
         export_onnx(DelfLocalModel(backbone, NormAttention()).eval(), tmp_onnx)
-        stage_runner = onnx_runner(tmp_onnx)
-        maps = torch.from_numpy(feature_maps(stage_runner, images, training.input_size))
-        head, accuracy = train_attention(maps, [lab for lab in labels for _ in (0, 1)], training)
+        describe = _describer(tmp_onnx)
+        anchors, positives = warped_pairs(describe, crops, DEFAULT_BASE_SIDE, WHITENING_SEED)
+        first = learn_whitening(anchors, positives, PCA_DIMS, WHITENING_SHRINKAGE)
+        whiten = PcaWhitening(first.mean.astype(np.float32), first.projection.astype(np.float32))
+        samples = matchability_samples(
+            describe, whiten, images, DEFAULT_BASE_SIDE, VIEWS_PER_IMAGE, LABEL_SEED
+        )
+        head, fit = train_matchability(samples.features, samples.labels, training)
         model = DelfLocalModel(backbone, head).eval()
         export_onnx(model, tmp_onnx)
         max_diff = verify_onnx(model, tmp_onnx, images[0])
-        run = onnx_runner(tmp_onnx)
-
-        def describe(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            x = DelfExtractor.normalise(image, IMAGENET_MEAN, IMAGENET_STD)
-            features, attention = run(x)
-            return features[0], attention[0, 0]
-
-        anchors, positives = warped_pairs(describe, images, DEFAULT_BASE_SIDE, training.seed)
+        anchors, positives = warped_pairs(
+            _describer(tmp_onnx), crops, DEFAULT_BASE_SIDE, WHITENING_SEED
+        )
         whitening = learn_whitening(anchors, positives, PCA_DIMS, WHITENING_SHRINKAGE)
         (model_dir / "manifest.json").unlink(missing_ok=True)
         save_head(head, model_dir / HEAD_FILENAME)
@@ -215,12 +204,17 @@ def build_local(
         },
         "pca": whitening.to_json(),
         "training": {
-            "data": f"ukbench1000 groups {TRAIN_GROUPS.start}-{TRAIN_GROUPS.stop - 1}",
-            "images": len(paths),
-            "data_digest": training_digest(paths, groups),
+            "data": "synthetic view pairs of the images bundled with scikit-image "
+            f"({', '.join(SKIMAGE_IMAGES)}, stereo_motorcycle) and scikit-learn "
+            "(load_sample_images)",
+            "attention": "self-supervised matchability (services.models.delf_synthetic)",
+            "images": len(images),
+            "views_per_image": VIEWS_PER_IMAGE,
+            "labelled_cells": int(len(samples.labels)),
+            "matchable_share": round(fit["positive_rate"], 4),
+            "attention_auc": round(fit["auc"], 4),
             "steps": training.steps,
             "seed": training.seed,
-            "train_accuracy_last_50_steps": round(accuracy, 4),
             "whitening_pairs": whitening.pairs,
             "onnx_max_abs_diff": max_diff,
             "seconds": round(time.perf_counter() - started, 1),
@@ -233,3 +227,14 @@ def build_local(
     tmp.write_text(json.dumps(manifest) + "\n")
     os.replace(tmp, model_dir / "manifest.json")
     return model_dir, manifest, "built"
+
+
+def _describer(path: Path) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """[H,W,3] uint8 RGB → (features [96, h, w], attention [h, w]) by the ONNX file."""
+    run = onnx_runner(path)
+
+    def describe(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        features, attention = run(DelfExtractor.normalise(image, IMAGENET_MEAN, IMAGENET_STD))
+        return features[0], attention[0, 0]
+
+    return describe

@@ -1,4 +1,5 @@
-"""Export :class:`GlobalEmbeddingModel` to ONNX, verify it against torch, write its manifest."""
+"""Export a :class:`GlobalEmbeddingModel` recipe to ONNX, verify it against torch, write its
+manifest (:mod:`services.models.recipes` says which backbone, input size and mean/std)."""
 
 from __future__ import annotations
 
@@ -13,14 +14,13 @@ import torch
 from torch import nn
 
 from services.common.model_registry import sha256_file
-from services.models.global_model import EMBEDDING_DIMS, GEM_P, GlobalEmbeddingModel
-from services.models.weights import WEIGHTS_SHA256, ensure_mobilenet_v2_weights
+from services.models.global_model import EMBEDDING_DIMS, GlobalEmbeddingModel
+from services.models.recipes import IMAGENET_MEAN, IMAGENET_STD, GlobalRecipe
+from services.models.weights import ensure_weights
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "embeddings"
 OPSET = 17
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 VERIFY_ATOL = 1e-4
 
 
@@ -56,6 +56,9 @@ def export_torchscript(
     dummy = torch.zeros(*example_shape, dtype=torch.float32)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore", DeprecationWarning)
+        # Shapes read in Python (e.g. TF "SAME" padding) become constants: H and W are fixed.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
         torch.onnx.export(
             model.eval(),
             (dummy,),
@@ -69,15 +72,25 @@ def export_torchscript(
         )
 
 
-def normalise(images01: np.ndarray) -> np.ndarray:
-    """[N,3,H,W] float RGB in [0,1] → [N,3,H,W] float32 ImageNet mean/std normalised."""
-    mean = np.asarray(IMAGENET_MEAN, dtype=np.float32).reshape(1, 3, 1, 1)
-    std = np.asarray(IMAGENET_STD, dtype=np.float32).reshape(1, 3, 1, 1)
+def normalise(
+    images01: np.ndarray,
+    mean: tuple[float, float, float] = IMAGENET_MEAN,
+    std: tuple[float, float, float] = IMAGENET_STD,
+) -> np.ndarray:
+    """[N,3,H,W] float RGB in [0,1] → [N,3,H,W] float32 (x - mean) / std per channel."""
+    mean = np.asarray(mean, dtype=np.float32).reshape(1, 3, 1, 1)
+    std = np.asarray(std, dtype=np.float32).reshape(1, 3, 1, 1)
     return ((images01.astype(np.float32) - mean) / std).astype(np.float32)
 
 
-def photo_like_batch(n: int, input_size: tuple[int, int], seed: int = 0) -> np.ndarray:
-    """Synthetic photo-like images, normalised: [n,3,H,W] float32.
+def photo_like_batch(
+    n: int,
+    input_size: tuple[int, int],
+    seed: int = 0,
+    mean: tuple[float, float, float] = IMAGENET_MEAN,
+    std: tuple[float, float, float] = IMAGENET_STD,
+) -> np.ndarray:
+    """Synthetic photo-like images, normalised with ``mean``/``std``: [n,3,H,W] float32.
 
     Smooth random colour fields plus a few hard-edged rectangles, so activations have the
     sparsity and range of real images (pure Gaussian noise does not).
@@ -93,7 +106,7 @@ def photo_like_batch(n: int, input_size: tuple[int, int], seed: int = 0) -> np.n
             y1, x1 = int(rng.integers(y0 + 4, h)), int(rng.integers(x0 + 4, w))
             img[i, :, y0:y1, x0:x1] = rng.random((3, 1, 1))
     img += rng.normal(0.0, 0.02, img.shape).astype(np.float32)
-    return normalise(np.clip(img, 0.0, 1.0))
+    return normalise(np.clip(img, 0.0, 1.0), mean, std)
 
 
 def verify_onnx(
@@ -102,8 +115,12 @@ def verify_onnx(
     input_size: tuple[int, int],
     atol: float = VERIFY_ATOL,
     dims: int = EMBEDDING_DIMS,
+    mean: tuple[float, float, float] = IMAGENET_MEAN,
+    std: tuple[float, float, float] = IMAGENET_STD,
 ) -> float:
     """Compare ONNX Runtime (CPU) with torch on random and photo-like batches (sizes 2 and 3).
+
+    The photo-like batch is normalised with ``mean``/``std`` (the model's own preprocessing).
 
     Returns the max abs difference of the embeddings; raises :class:`ExportError` above ``atol``
     or when the outputs are not [N, dims] float32 with unit norm.
@@ -117,7 +134,7 @@ def verify_onnx(
     h, w = input_size
     batches = [
         rng.standard_normal((2, 3, h, w), dtype=np.float32),
-        photo_like_batch(3, input_size, seed=2),
+        photo_like_batch(3, input_size, seed=2, mean=mean, std=std),
     ]
     worst = 0.0
     for x in batches:
@@ -135,21 +152,21 @@ def verify_onnx(
 
 
 def make_manifest(
-    name: str, version: str, model_sha256: str, input_size: tuple[int, int]
+    recipe: GlobalRecipe, version: str, model_sha256: str, input_size: tuple[int, int]
 ) -> dict[str, Any]:
     """Manifest describing ``model.onnx`` and the preprocessing the embedder must apply."""
     return {
-        "name": name,
+        "name": recipe.name,
         "version": version,
         "kind": "global",
         "sha256": model_sha256,
         "input_name": INPUT_NAME,
         "output_name": OUTPUT_NAME,
         "input_size": [int(input_size[0]), int(input_size[1])],
-        "mean": list(IMAGENET_MEAN),
-        "std": list(IMAGENET_STD),
-        "output_dims": EMBEDDING_DIMS,
-        "pooling": {"type": "gem", "p": GEM_P},
+        "mean": list(recipe.mean),
+        "std": list(recipe.std),
+        "output_dims": recipe.output_dims,
+        "pooling": {"type": "gem", "p": recipe.gem_p},
         "preprocess": {
             "resize": "stretch",  # whole image resized to input_size, aspect ratio not kept
             "interpolation": "area",  # cv2.INTER_AREA (antialiased downscale)
@@ -158,7 +175,8 @@ def make_manifest(
             "layout": "NCHW",
         },
         "opset": OPSET,
-        "weights_sha256": WEIGHTS_SHA256,
+        "architecture": recipe.architecture,
+        "weights_sha256": recipe.weights.sha256,
         "parent_version": None,
         "created_by": "services.models.build",
     }
@@ -174,26 +192,28 @@ def _write_atomic(path: Path, data: bytes) -> None:
 def export_global_model(
     onnx_path: Path,
     manifest_path: Path,
-    name: str,
+    recipe: GlobalRecipe,
     version: str,
     input_size: tuple[int, int],
     weights_cache: Path | None = None,
 ) -> tuple[dict[str, Any], float]:
-    """Build, export and verify the global model; write ``onnx_path`` then ``manifest_path``.
+    """Build, export and verify the model of ``recipe``; write ``onnx_path`` then ``manifest_path``.
 
     The manifest is written last, so a manifest always describes a complete, verified model.
     Returns the manifest and the max abs difference ONNX vs torch seen in verification.
     """
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
-    model = GlobalEmbeddingModel.from_weights(ensure_mobilenet_v2_weights(weights_cache))
+    model = GlobalEmbeddingModel.from_recipe(recipe, ensure_weights(recipe.weights, weights_cache))
     tmp_onnx = onnx_path.with_name(f".{onnx_path.name}.{os.getpid()}.tmp")
     try:
         export_onnx(model, tmp_onnx, input_size)
-        max_diff = verify_onnx(model, tmp_onnx, input_size)
+        max_diff = verify_onnx(
+            model, tmp_onnx, input_size, dims=recipe.output_dims, mean=recipe.mean, std=recipe.std
+        )
         manifest_path.unlink(missing_ok=True)  # never leave a manifest describing another file
         os.replace(tmp_onnx, onnx_path)
     finally:
         tmp_onnx.unlink(missing_ok=True)
-    manifest = make_manifest(name, version, sha256_file(onnx_path), input_size)
+    manifest = make_manifest(recipe, version, sha256_file(onnx_path), input_size)
     _write_atomic(manifest_path, (json.dumps(manifest, indent=2) + "\n").encode())
     return manifest, max_diff

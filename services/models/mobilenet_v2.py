@@ -16,6 +16,12 @@ Feature stages (input [N,3,H,W] float32, ImageNet-normalised):
 ``k=17``              320         32
 ``k=19`` (all)        1280        32
 ====================  ==========  ======
+
+Split API (for training the last blocks): the 17 inverted-residual blocks are
+``features[1:18]`` (:data:`NUM_BLOCKS`); ``forward_trunk(x, s)`` runs the stem ``features[0]``
+and the first ``s`` blocks, ``forward_tail(fmap, s)`` the remaining blocks and the final 1x1
+conv ``features[18]``, so ``forward_features(x) == forward_tail(forward_trunk(x, s), s)``
+for 0 <= s <= 17.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ INVERTED_RESIDUAL_SETTING: tuple[tuple[int, int, int, int], ...] = (
 LAST_CHANNELS = 1280
 STRIDE16_END = 14  # features[:14] -> [N, 96, H/16, W/16]
 STRIDE16_CHANNELS = 96
+NUM_BLOCKS = 17  # inverted-residual blocks: features[1:18] (features[0] stem, [18] final conv)
 
 
 class ConvBNReLU6(nn.Sequential):
@@ -108,6 +115,8 @@ class MobileNetV2(nn.Module):
                 in_ch = out_ch
         layers.append(ConvBNReLU6(in_ch, last_ch, kernel_size=1))
         self.features = nn.Sequential(*layers)
+        self.num_blocks = len(layers) - 2  # NUM_BLOCKS
+        self.out_channels = last_ch
         self.classifier = nn.Sequential(nn.Dropout(p=dropout), nn.Linear(last_ch, num_classes))
         self._init_weights()
 
@@ -136,6 +145,27 @@ class MobileNetV2(nn.Module):
         """
         stages = self.features if upto is None else self.features[:upto]
         return stages(x)
+
+    def _check_split(self, split: int) -> None:
+        """Raise ValueError unless 0 <= ``split`` <= ``num_blocks``."""
+        if not 0 <= split <= self.num_blocks:
+            raise ValueError(f"split must be in [0, {self.num_blocks}], got {split}")
+
+    def forward_trunk(self, x: torch.Tensor, split: int) -> torch.Tensor:
+        """Stem and the first ``split`` blocks (``features[:1 + split]``).
+
+        [N,3,H,W] float32 (normalised) → [N,C_split,h,w] float32.
+        """
+        self._check_split(split)
+        return self.features[: 1 + split](x)
+
+    def forward_tail(self, fmap: torch.Tensor, split: int) -> torch.Tensor:
+        """Blocks ``split:`` and the final conv (``features[1 + split:]``).
+
+        [N,C_split,h,w] float32 → [N,1280,ceil(H/32),ceil(W/32)] float32.
+        """
+        self._check_split(split)
+        return self.features[1 + split :](fmap)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """ImageNet classifier: [N,3,H,W] float32 → logits [N,num_classes] float32."""

@@ -2,6 +2,10 @@
 
 A view is a function of (image, view seed) only, so its backbone features can be cached under
 the image's sha256 and the view seed. Bump :data:`AUGMENT_VERSION` whenever the recipe changes.
+
+The recipe makes, from one clean gallery image (a packshot), the photos users take of the
+object: rotated through the full circle, seen in perspective, small in a cluttered frame,
+under glare, blurred and JPEG-compressed, so one image per label is enough to train on.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-AUGMENT_VERSION = "aug2"
+AUGMENT_VERSION = "aug3"
 IDENTITY_SEED = 0  # view seed 0 is the untouched image
 
 
@@ -30,6 +34,13 @@ class AugmentSettings:
     blur_sigma: tuple[float, float] = (0.5, 2.0)
     jpeg_probability: float = 0.5
     jpeg_quality: tuple[int, int] = (30, 90)
+    perspective_probability: float = 0.7
+    perspective: float = 0.2  # each corner moves up to this fraction of the side
+    clutter_probability: float = 0.5  # the object pasted, smaller, into a cluttered frame
+    object_fraction: tuple[float, float] = (0.45, 0.9)  # object's side / frame's side
+    clutter_shapes: tuple[int, int] = (6, 24)
+    glare_probability: float = 0.4
+    glare_strength: tuple[float, float] = (0.3, 0.8)  # peak blend towards white
 
 
 def view_rng(sha256: str, view_seed: int) -> np.random.Generator:
@@ -78,20 +89,83 @@ def _jpeg(image: np.ndarray, quality: int) -> np.ndarray:
     return cv2.cvtColor(cv2.imdecode(encoded, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
 
+def clutter_background(
+    height: int, width: int, rng: np.random.Generator, shapes: tuple[int, int]
+) -> np.ndarray:
+    """uint8 [height, width, 3] RGB: a lit surface strewn with random boxes and discs."""
+    corners = rng.uniform(30, 230, size=(2, 2, 3)).astype(np.float32)
+    out = cv2.resize(corners, (width, height), interpolation=cv2.INTER_LINEAR)
+    for _ in range(int(rng.integers(shapes[0], shapes[1] + 1))):
+        colour = tuple(float(c) for c in rng.uniform(0, 255, size=3))
+        cx, cy = int(rng.integers(0, width)), int(rng.integers(0, height))
+        rx = int(rng.integers(4, max(5, width // 4)))
+        ry = int(rng.integers(4, max(5, height // 4)))
+        if rng.random() < 0.5:
+            cv2.rectangle(out, (cx - rx, cy - ry), (cx + rx, cy + ry), colour, -1)
+        else:
+            angle = float(rng.uniform(0, 180))
+            cv2.ellipse(out, (cx, cy), (rx, ry), angle, 0, 360, colour, -1)
+    noise = rng.normal(0.0, 6.0, size=out.shape).astype(np.float32)
+    return np.clip(out + noise, 0, 255).astype(np.uint8)
+
+
+def warp_into_frame(
+    image: np.ndarray, rng: np.random.Generator, s: AugmentSettings, clutter: bool
+) -> np.ndarray:
+    """uint8 [H,W,3] → uint8 [H',W',3]: the image seen in perspective, maybe in a cluttered frame.
+
+    Each corner moves inwards or outwards by up to ``s.perspective`` of the side; with
+    ``clutter`` the warped object fills only ``s.object_fraction`` of a frame whose rest is
+    :func:`clutter_background`.
+    """
+    h, w = image.shape[:2]
+    fraction = float(rng.uniform(*s.object_fraction)) if clutter else 1.0
+    frame_h, frame_w = max(16, round(h / fraction)), max(16, round(w / fraction))
+    x0, y0 = (frame_w - w) / 2.0, (frame_h - h) / 2.0
+    src = np.float32([[0, 0], [w, 0], [w, h], [0, h]])
+    jitter = rng.uniform(-s.perspective, s.perspective, size=(4, 2)) * np.float32([w, h])
+    dst = (src + np.float32([x0, y0]) + jitter).astype(np.float32)
+    matrix = cv2.getPerspectiveTransform(src, dst)
+    if not clutter:
+        return cv2.warpPerspective(
+            image, matrix, (frame_w, frame_h), borderMode=cv2.BORDER_REFLECT_101
+        )
+    background = clutter_background(frame_h, frame_w, rng, s.clutter_shapes)
+    return cv2.warpPerspective(
+        image, matrix, (frame_w, frame_h), dst=background, borderMode=cv2.BORDER_TRANSPARENT
+    )
+
+
+def add_glare(image: np.ndarray, rng: np.random.Generator, s: AugmentSettings) -> np.ndarray:
+    """uint8 [H,W,3] → uint8: a soft elliptical highlight blended towards white."""
+    h, w = image.shape[:2]
+    cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+    sy, sx = rng.uniform(0.05, 0.3) * h, rng.uniform(0.05, 0.3) * w
+    ys, xs = np.ogrid[:h, :w]
+    blob = np.exp(-(((ys - cy) / sy) ** 2 + ((xs - cx) / sx) ** 2) / 2.0).astype(np.float32)
+    alpha = (float(rng.uniform(*s.glare_strength)) * blob)[..., None]
+    return (image.astype(np.float32) * (1.0 - alpha) + 255.0 * alpha).astype(np.uint8)
+
+
 def augment(
     image: np.ndarray, sha256: str, view_seed: int, settings: AugmentSettings | None = None
 ) -> np.ndarray:
     """One seeded view of ``image`` (uint8 [H,W,3] RGB) → uint8 [H',W',3] RGB.
 
-    Order: rotation (full circle) → scale → crop → colour jitter → blur → JPEG. View seed
-    :data:`IDENTITY_SEED` returns the image unchanged.
+    Order: perspective (maybe into a cluttered frame) → rotation (full circle) → scale →
+    crop → colour jitter → glare → blur → JPEG. View seed :data:`IDENTITY_SEED` returns the
+    image unchanged.
     """
     if view_seed == IDENTITY_SEED:
         return image
     s = settings or AugmentSettings()
     rng = view_rng(sha256, view_seed)
+    clutter = bool(rng.random() < s.clutter_probability)
+    out = image
+    if clutter or rng.random() < s.perspective_probability:
+        out = warp_into_frame(out, rng, s, clutter)
     angle = float(rng.uniform(-s.rotate_degrees, s.rotate_degrees))
-    out = rotate_full(image, angle, black_border=bool(rng.random() < s.black_border_probability))
+    out = rotate_full(out, angle, black_border=bool(rng.random() < s.black_border_probability))
     scale = float(rng.uniform(*s.scale))
     h, w = out.shape[:2]
     out = cv2.resize(
@@ -104,6 +178,8 @@ def augment(
     y0, x0 = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
     out = np.ascontiguousarray(out[y0 : y0 + ch, x0 : x0 + cw])
     out = _colour_jitter(out, rng, s)
+    if rng.random() < s.glare_probability:
+        out = add_glare(out, rng, s)
     if rng.random() < s.blur_probability:
         out = cv2.GaussianBlur(out, (0, 0), float(rng.uniform(*s.blur_sigma)))
     if rng.random() < s.jpeg_probability:

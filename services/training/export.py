@@ -16,19 +16,12 @@ import torch
 from torch import nn
 
 from services.common.model_registry import MANIFEST_FILE, MODEL_FILE, ModelManifest, sha256_file
-from services.models.export import (
-    INPUT_NAME,
-    OUTPUT_NAME,
-    ExportError,
-    export_onnx,
-    verify_onnx,
-)
-from services.models.global_model import GEM_P, GlobalEmbeddingModel
-from services.models.weights import WEIGHTS_SHA256, ensure_mobilenet_v2_weights
+from services.models.export import export_onnx, verify_onnx
+from services.models.global_model import GlobalEmbeddingModel
 from services.training.head import ProjectionHead
+from services.training.torch_backbone import check_backbone, torch_global_model
 
 PARITY_ATOL = 1e-4
-TRAINED_NAME = "mobilenetv2-gem-triplet"
 
 
 class EmbeddingWithHead(nn.Module):
@@ -44,32 +37,23 @@ class EmbeddingWithHead(nn.Module):
         return self.head(self.backbone(images))
 
 
-def check_backbone(manifest: ModelManifest) -> None:
-    """The backbone must be the one this code can rebuild in torch (MobileNetV2 + GeM)."""
-    raw = manifest.raw
-    pooling = raw.get("pooling") or {}
-    if raw.get("weights_sha256") != WEIGHTS_SHA256 or pooling.get("type") != "gem":
-        raise ExportError(
-            f"backbone {manifest.version} is not the ImageNet MobileNetV2 + GeM this trainer "
-            "rebuilds in torch; train on a model built by `python -m services.models.build`"
-        )
-    if float(pooling.get("p", GEM_P)) != GEM_P:
-        raise ExportError(f"backbone {manifest.version} uses GeM p={pooling.get('p')}, not {GEM_P}")
-    if (manifest.input_name, manifest.output_name) != (INPUT_NAME, OUTPUT_NAME):
-        raise ExportError(f"backbone {manifest.version} has unexpected input/output names")
+def build_torch_model(
+    head: ProjectionHead,
+    backbone: ModelManifest,
+    tuned: nn.Module | None = None,
+    weights_cache: Path | None = None,
+) -> EmbeddingWithHead:
+    """The torch reference: the backbone (fine-tuned when ``tuned`` is given) + the head."""
+    model = tuned if tuned is not None else torch_global_model(backbone, weights_cache)[0]
+    return EmbeddingWithHead(model, head).eval()  # type: ignore[arg-type]
 
 
-def build_torch_model(head: ProjectionHead, weights_cache: Path | None = None) -> EmbeddingWithHead:
-    """The torch reference: ImageNet MobileNetV2 + GeM + the head, eval mode."""
-    backbone = GlobalEmbeddingModel.from_weights(ensure_mobilenet_v2_weights(weights_cache))
-    return EmbeddingWithHead(backbone, head).eval()
-
-
-def check_parity(
-    model: nn.Module, onnx_path: Path, input_size: tuple[int, int], dims: int
-) -> float:
+def check_parity(model: nn.Module, onnx_path: Path, backbone: ModelManifest, dims: int) -> float:
     """Max |ONNX − torch| on a random and a photo-like batch; raises above :data:`PARITY_ATOL`."""
-    return verify_onnx(model, onnx_path, input_size, atol=PARITY_ATOL, dims=dims)
+    return verify_onnx(
+        model, onnx_path, backbone.input_size, atol=PARITY_ATOL, dims=dims,
+        mean=backbone.mean, std=backbone.std,
+    )  # fmt: skip
 
 
 def export_trained_model(
@@ -79,20 +63,23 @@ def export_trained_model(
     version: str,
     extra: dict[str, Any],
     weights_cache: Path | None = None,
+    tuned: nn.Module | None = None,
 ) -> tuple[dict[str, Any], float]:
     """Write ``out_dir/model.onnx`` and ``manifest.json`` (last); returns (manifest, parity).
+
+    ``tuned``: the fine-tuned torch global model (default: the backbone's ImageNet weights).
 
     The manifest is the backbone's (preprocessing, input contract) with this model's version,
     digest and dims, plus ``extra`` (training data digest, metrics, parent version, ...).
     """
     check_backbone(backbone)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model = build_torch_model(head, weights_cache)
+    model = build_torch_model(head, backbone, tuned, weights_cache)
     onnx_path = out_dir / MODEL_FILE
     tmp = out_dir / f".{MODEL_FILE}.{os.getpid()}.tmp"
     try:
         export_onnx(model, tmp, backbone.input_size)
-        parity = check_parity(model, tmp, backbone.input_size, head.dims)
+        parity = check_parity(model, tmp, backbone, head.dims)
         (out_dir / MANIFEST_FILE).unlink(missing_ok=True)
         os.replace(tmp, onnx_path)
     finally:
@@ -100,12 +87,13 @@ def export_trained_model(
     manifest = dict(backbone.raw)
     manifest.update(
         {
-            "name": TRAINED_NAME,
+            "name": f"{check_backbone(backbone).name}-trained",
             "version": version,
             "kind": backbone.kind,
             "sha256": sha256_file(onnx_path),
             "output_dims": head.dims,
             "head": {"type": "mlp" if head.hidden else "linear", "hidden": head.hidden},
+            "fine_tuned_backbone": tuned is not None,
             "created_by": "services.training",
             "export_parity_max_abs_diff": parity,
         }

@@ -79,9 +79,10 @@ class ProjectionHead(nn.Module):
         weight /= np.linalg.norm(weight, axis=1).mean()
         linear = self.net
         assert isinstance(linear, nn.Linear)
+        rows = weight.shape[0]  # fewer than dims when there are fewer samples than dims
         with torch.no_grad():
-            linear.weight.copy_(torch.from_numpy(weight.astype(np.float32)))
-            linear.bias.copy_(torch.from_numpy((-(weight @ mean)).astype(np.float32)))
+            linear.weight[:rows].copy_(torch.from_numpy(weight.astype(np.float32)))
+            linear.bias[:rows].copy_(torch.from_numpy((-(weight @ mean)).astype(np.float32)))
 
     def embed(self, features: np.ndarray) -> np.ndarray:
         """float32 [n, in_dims] → float32 [n, dims] (eval mode, no grad)."""

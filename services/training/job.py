@@ -17,14 +17,22 @@ from pathlib import Path
 
 from services.common.errors import FailedPreconditionError, NotFoundError
 from services.common.metadata import RedisMetadataStore
-from services.common.model_registry import ModelManifest, fetch, publish, registry_prefix
+from services.common.model_registry import (
+    ModelManifest,
+    fetch,
+    load_local,
+    publish,
+    registry_prefix,
+)
 from services.common.objectstore import ObjectStore
-from services.training.features import Backbone, FeatureCache, TrainImage
+from services.training.features import Backbone, Encoder, FeatureCache, TrainImage, TrunkRunner
 from services.training.pipeline import (
     PipelineOutcome,
     PipelineSettings,
+    Trainer,
     config_digest,
     data_digest,
+    refit_all,
     run_pipeline,
     split_by_label,
 )
@@ -45,6 +53,9 @@ class JobSettings:
     work_dir: Path | None = None  # where the exported model is written before upload
     threads: int = 0  # ONNX Runtime threads for backbone features (0 = all cores)
     parent_version: str = ""  # default: the collection's model version
+    # Train only when the collection has at least this many labelled images more than the
+    # model it uses was trained on (0 = always); else :class:`UpToDate` is raised.
+    min_new_images: int = 0
 
 
 @dataclass(frozen=True)
@@ -77,6 +88,15 @@ class JobResult:
             "wall_s": round(self.wall_s, 1),
             "data_digest": self.data_digest,
         }
+
+
+class UpToDate(Exception):
+    """Not enough new labelled images since the collection's model was trained: nothing done."""
+
+    def __init__(self, message: str, new_images: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.new_images = new_images
 
 
 class ModelWorseError(FailedPreconditionError):
@@ -113,8 +133,6 @@ def check_trainable(images: list[TrainImage], holdout: float, seed: int, collect
             "with labels (`visearch ingest --label-regex ...` or a manifest with a label column)"
         )
     train, held = split_by_label(images, holdout, seed)
-    if not held:
-        raise FailedPreconditionError("--holdout must hold out at least one label (use > 0)")
     per_label: dict[str, int] = {}
     for im in train:
         per_label[im.label] = per_label.get(im.label, 0) + 1
@@ -146,9 +164,46 @@ def resolve_models(
     return parent, cache / "global" / backbone_version
 
 
+def check_new_images(parent: ModelManifest, labelled: int, minimum: int, collection: str) -> None:
+    """Raise :class:`UpToDate` unless ``labelled`` exceeds the images ``parent`` was trained
+    on (none for an untrained backbone) by at least ``minimum``."""
+    training = parent.raw.get("training")
+    trained_on = int(training.get("images", 0)) if isinstance(training, dict) else 0
+    new = labelled - trained_on
+    if new < minimum:
+        raise UpToDate(
+            f"collection {collection!r}: {new} labelled images since its model {parent.version} "
+            f"was trained (fewer than {minimum}); nothing to do",
+            new,
+        )
+
+
+def encoder_and_trainer(
+    backbone_dir: Path, tail_blocks: int, threads: int
+) -> tuple[Encoder, Trainer]:
+    """Head only: the served ONNX backbone and a head trainer; else the frozen trunk in torch
+    and a trainer of the last ``tail_blocks`` blocks with the head (imports torch)."""
+    if tail_blocks == 0:
+        from services.training.pipeline import HeadTrainer
+
+        return Backbone(backbone_dir, threads=threads), HeadTrainer()
+    from services.training.finetune import TailTrainer
+    from services.training.torch_backbone import torch_global_model
+
+    manifest, _ = load_local(backbone_dir)
+    model, gem_p = torch_global_model(manifest)
+    blocks = int(model.backbone.num_blocks)
+    if not 1 <= tail_blocks <= blocks:
+        raise FailedPreconditionError(
+            f"--tail-blocks must be in [0, {blocks}] for {manifest.version}, got {tail_blocks}"
+        )
+    split = blocks - tail_blocks
+    return TrunkRunner(manifest, model, split, threads), TailTrainer(model, split, gem_p)
+
+
 def version_name(backbone_version: str, dims: int, digest: str) -> str:
-    """``<backbone>-triplet<dims>-<12 hex>``: unique per data, settings and parent."""
-    return re.sub(r"[^a-z0-9.-]", "-", f"{backbone_version}-triplet{dims}-{digest[:12]}".lower())
+    """``<backbone>-trained<dims>-<12 hex>``: unique per data, settings and parent."""
+    return re.sub(r"[^a-z0-9.-]", "-", f"{backbone_version}-trained{dims}-{digest[:12]}".lower())
 
 
 def run_job(
@@ -175,17 +230,22 @@ def run_job(
     if on_images is not None:
         on_images(len(images))
     parent, backbone_dir = resolve_models(store, settings, parent_version)
-    backbone = Backbone(backbone_dir, threads=settings.threads)
-    cache = FeatureCache(settings.cache_dir.expanduser(), backbone.key)
-    outcome = run_pipeline(images, backbone, settings.pipeline, cache, progress)
+    if settings.min_new_images > 0:
+        check_new_images(parent, len(images), settings.min_new_images, settings.collection)
+    backbone_manifest, _ = load_local(backbone_dir)
+    encoder, trainer = encoder_and_trainer(
+        backbone_dir, settings.pipeline.train.tail_blocks, settings.threads
+    )
+    cache = FeatureCache(settings.cache_dir.expanduser(), encoder.key)
+    outcome = run_pipeline(images, encoder, settings.pipeline, cache, progress, trainer)
     digest = data_digest(images)
     version = version_name(
-        backbone.manifest.version,
+        backbone_manifest.version,
         settings.pipeline.train.dims,
         config_digest(settings.pipeline, digest, parent.version),
     )
     result = JobResult(
-        version, parent.version, backbone.manifest.version, False, outcome, digest,
+        version, parent.version, backbone_manifest.version, False, outcome, digest,
         len(images), time.perf_counter() - t0, None,
     )  # fmt: skip
     if not outcome.improved and not settings.force:
@@ -201,8 +261,8 @@ def run_job(
     extra = {
         "parent_version": parent.version,
         "training": {
-            "backbone_version": backbone.manifest.version,
-            "backbone_sha256": backbone.manifest.sha256,
+            "backbone_version": backbone_manifest.version,
+            "backbone_sha256": backbone_manifest.sha256,
             "collection": settings.collection,
             "data_digest": digest,
             "images": len(images),
@@ -217,13 +277,20 @@ def run_job(
         },
         "metrics": outcome.metrics(),
     }
+    fitted = outcome.fitted
+    if settings.pipeline.refit and outcome.holdout_images:
+        fitted = refit_all(images, encoder, settings.pipeline, cache, trainer, progress)
+        extra["training"]["refit_stats"] = {  # type: ignore[index]
+            k: v for k, v in fitted.stats.as_dict().items() if k != "loss_per_epoch"
+        }
     with tempfile.TemporaryDirectory(dir=settings.work_dir) as tmp:
         manifest, _ = export_trained_model(
-            Path(tmp) / version, outcome.head, backbone.manifest, version, extra
-        )
+            Path(tmp) / version, fitted.head, backbone_manifest, version, extra,
+            tuned=fitted.backbone,
+        )  # fmt: skip
         publish(store, settings.models_bucket, Path(tmp) / version)
     log.info("published trained model", extra={"fields": {"version": version}})
     return JobResult(
-        version, parent.version, backbone.manifest.version, True, outcome, digest,
+        version, parent.version, backbone_manifest.version, True, outcome, digest,
         len(images), time.perf_counter() - t0, manifest,
     )  # fmt: skip

@@ -1,4 +1,12 @@
-"""Storage-free training pipeline: split by label, features, train, evaluate before/after."""
+"""Storage-free training pipeline: split, features, train, evaluate before/after.
+
+Two held-out sets judge a model: *unseen labels* (a fraction of the labels, never trained on:
+does the embedding generalise to products added later?) and *known labels* (the retail case:
+new photos of products that are in the gallery; a fraction of the photos of every label that
+has several, and, for catalogues of one image per label, unseen augmented views of the
+training images). Two ways to train: a head on frozen backbone features (``tail_blocks=0``)
+or the backbone's last blocks with the head (:mod:`services.training.finetune`).
+"""
 
 from __future__ import annotations
 
@@ -8,23 +16,20 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from services.training.evaluate import Scores, retrieval_scores
-from services.training.features import Backbone, FeatureCache, TrainImage, view_features
+from services.training.features import Encoder, FeatureCache, TrainImage, view_features
 from services.training.head import ProjectionHead
-from services.training.train import TrainConfig, TrainStats, train_head
+from services.training.settings import PipelineSettings, TrainConfig
+from services.training.train import TrainStats, train_head
+
+if TYPE_CHECKING:
+    from torch import nn
 
 EVAL_SEED_BASE = 900_000  # augmented query views for evaluation never coincide with training views
-
-
-@dataclass(frozen=True)
-class PipelineSettings:
-    train: TrainConfig
-    views: int = 7  # augmented views per training image, besides the image itself
-    eval_views: int = 1  # augmented query views per held-out image
-    holdout: float = 0.2  # fraction of labels held out
 
 
 def train_view_seeds(views: int, seed: int) -> list[int]:
@@ -57,6 +62,61 @@ def split_by_label(
     return [im for im in images if im.label not in held], [im for im in images if im.label in held]
 
 
+def split_photos(
+    images: Sequence[TrainImage], fraction: float, seed: int
+) -> tuple[list[TrainImage], list[TrainImage]]:
+    """(train, held out): of each label with >= 2 images, a seeded ``fraction`` of its photos
+    (rounded, at least one when the fraction is > 0) held out; at least one stays in train."""
+    by_label: dict[str, list[TrainImage]] = {}
+    for image in sorted(images, key=lambda im: im.id):
+        by_label.setdefault(image.label, []).append(image)
+    rng = np.random.default_rng(seed + 1)
+    train: list[TrainImage] = []
+    held: list[TrainImage] = []
+    for label in sorted(by_label):
+        group = by_label[label]
+        n_held = 0
+        if len(group) >= 2 and fraction > 0:
+            n_held = min(len(group) - 1, max(1, round(fraction * len(group))))
+        order = rng.permutation(len(group))
+        held += [group[i] for i in order[:n_held]]
+        train += [group[i] for i in order[n_held:]]
+    return train, held
+
+
+def pooled_scores(parts: Sequence[Scores]) -> Scores:
+    """Query-weighted mean of several score sets."""
+    total = sum(p.queries for p in parts)
+    if total == 0:
+        return Scores(0.0, 0.0, 0.0, 0)
+
+    def mean(field: str) -> float:
+        return sum(getattr(p, field) * p.queries for p in parts) / total
+
+    return Scores(mean("map"), mean("p_at_1"), mean("p_at_5"), total)
+
+
+def known_label_scores(
+    gallery: np.ndarray,
+    gallery_labels: np.ndarray,
+    photos: np.ndarray,
+    photo_labels: np.ndarray,
+    views: np.ndarray,
+) -> dict[str, Scores]:
+    """Scores of new photos of gallery labels: gallery float32 [g, d] (training images);
+    ``photos`` float32 [p, d] held-out photos; ``views`` float32 [g, v, d] unseen augmented
+    views of the gallery images (each has its source image in the gallery)."""
+    q_photos = (
+        retrieval_scores(photos, photo_labels, gallery, gallery_labels)
+        if len(photos)
+        else Scores(0.0, 0.0, 0.0, 0)
+    )
+    flat = views.reshape(-1, views.shape[-1])
+    view_labels = np.repeat(gallery_labels, views.shape[1])
+    q_views = retrieval_scores(flat, view_labels, gallery, gallery_labels)
+    return {"photos": q_photos, "views": q_views, "all": pooled_scores([q_photos, q_views])}
+
+
 def holdout_scores(features: np.ndarray, labels: np.ndarray) -> dict[str, Scores]:
     """Scores on held-out images: features float32 [n, 1 + eval_views, d], unit rows.
 
@@ -73,20 +133,7 @@ def holdout_scores(features: np.ndarray, labels: np.ndarray) -> dict[str, Scores
         q_aug = retrieval_scores(queries, q_labels, gallery, labels)
     else:
         q_aug = Scores(0.0, 0.0, 0.0, 0)
-    total = q_orig.queries + q_aug.queries
-
-    def pooled(field: str) -> float:
-        if total == 0:
-            return 0.0
-        return (
-            getattr(q_orig, field) * q_orig.queries + getattr(q_aug, field) * q_aug.queries
-        ) / total
-
-    return {
-        "original": q_orig,
-        "augmented": q_aug,
-        "all": Scores(pooled("map"), pooled("p_at_1"), pooled("p_at_5"), total),
-    }
+    return {"original": q_orig, "augmented": q_aug, "all": pooled_scores([q_orig, q_aug])}
 
 
 def project(head: ProjectionHead, features: np.ndarray) -> np.ndarray:
@@ -96,9 +143,69 @@ def project(head: ProjectionHead, features: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class PipelineOutcome:
+class Fitted:
+    """A trained embedding: ``embed`` maps encoder outputs [..., *shape] → float32 [..., dims]."""
+
     head: ProjectionHead
+    backbone: nn.Module | None  # the fine-tuned torch global model, None when head only
     stats: TrainStats
+    embed: Callable[[np.ndarray], np.ndarray]
+
+
+class Trainer(Protocol):
+    """Trains on encoder outputs; ``raw`` gives the untrained backbone's vectors of them."""
+
+    def raw(self, encoded: np.ndarray) -> np.ndarray: ...
+
+    def fit(self, encoded: np.ndarray, labels: np.ndarray, config: TrainConfig) -> Fitted: ...
+
+
+class HeadTrainer:
+    """A head on frozen backbone vectors (the encoder is the served ONNX model)."""
+
+    def raw(self, encoded: np.ndarray) -> np.ndarray:
+        return encoded
+
+    def fit(self, encoded: np.ndarray, labels: np.ndarray, config: TrainConfig) -> Fitted:
+        head, stats = train_head(encoded, labels, config)
+        return Fitted(head, None, stats, lambda x: project(head, x))
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """Encoder outputs of everything the scores are computed on."""
+
+    unseen: np.ndarray  # [n_unseen, 1 + eval_views, ...] images of held-out labels
+    unseen_labels: np.ndarray
+    known: np.ndarray  # [n_known, ...] held-out photos of training labels
+    known_labels: np.ndarray
+    train: np.ndarray  # [n_train, ...] the training images themselves (the gallery)
+    train_views: np.ndarray  # [n_train, eval_views, ...] unseen augmented views of them
+    train_labels: np.ndarray
+
+
+def scores_of(embed: Callable[[np.ndarray], np.ndarray], held: HeldOut) -> dict[str, Scores]:
+    """Every score set of one embedding; ``all`` pools unseen and known labels (primary)."""
+    out: dict[str, Scores] = {}
+    parts = []
+    if len(held.unseen):
+        unseen = holdout_scores(embed(held.unseen), held.unseen_labels)
+        out |= {"unseen_original": unseen["original"], "unseen_augmented": unseen["augmented"]}
+        out["unseen"] = unseen["all"]
+        parts.append(unseen["all"])
+    known = known_label_scores(
+        embed(held.train), held.train_labels, embed(held.known), held.known_labels,
+        embed(held.train_views),
+    )  # fmt: skip
+    out |= {"known_photos": known["photos"], "known_views": known["views"], "known": known["all"]}
+    parts.append(known["all"])
+    out["all"] = pooled_scores(parts)
+    return out
+
+
+@dataclass(frozen=True)
+class PipelineOutcome:
+    fitted: Fitted
     before: dict[str, Scores]
     after: dict[str, Scores]
     train_images: int
@@ -109,13 +216,21 @@ class PipelineOutcome:
     train_s: float
 
     @property
+    def head(self) -> ProjectionHead:
+        return self.fitted.head
+
+    @property
+    def stats(self) -> TrainStats:
+        return self.fitted.stats
+
+    @property
     def improved(self) -> bool:
-        """Not worse than the raw backbone on held-out labels (pooled mAP)."""
+        """Not worse than the raw backbone on the held-out photos and labels (pooled mAP)."""
         return self.after["all"].map >= self.before["all"].map
 
     def metrics(self) -> dict[str, object]:
         return {
-            "primary": "holdout mAP (original + augmented queries)",
+            "primary": "held-out mAP: unseen labels + new photos/views of known labels",
             "before": {k: v.as_dict() for k, v in self.before.items()},
             "after": {k: v.as_dict() for k, v in self.after.items()},
         }
@@ -123,37 +238,65 @@ class PipelineOutcome:
 
 def run_pipeline(
     images: Sequence[TrainImage],
-    backbone: Backbone,
+    encoder: Encoder,
     settings: PipelineSettings,
     cache: FeatureCache | None,
     progress: Callable[[int], None] | None = None,
+    trainer: Trainer | None = None,
 ) -> PipelineOutcome:
-    """Split, compute (cached) view features, train, score held-out labels before and after."""
+    """Split, encode (cached) views, train, score held-out photos and labels before and after.
+
+    ``trainer`` defaults to :class:`HeadTrainer` (``encoder`` = the served ONNX backbone).
+    """
+    trainer = trainer or HeadTrainer()
     seed = settings.train.seed
-    train, held = split_by_label(images, settings.holdout, seed)
+    rest, unseen = split_by_label(images, settings.holdout, seed)
+    train, known = split_photos(rest, settings.holdout_photos, seed)
+    eval_seeds = eval_view_seeds(settings.eval_views, seed)
     t0 = time.perf_counter()
-    train_feats = view_features(
-        train, train_view_seeds(settings.views, seed), backbone, cache, progress=progress
-    )
-    held_feats = view_features(
-        held, eval_view_seeds(settings.eval_views, seed), backbone, cache, progress=progress
+
+    def encode(part: Sequence[TrainImage], seeds: Sequence[int]) -> np.ndarray:
+        return view_features(part, seeds, encoder, cache, progress=progress)
+
+    train_encoded = encode(train, train_view_seeds(settings.views, seed))
+    train_labels = np.asarray([im.label for im in train])
+    held = HeldOut(
+        unseen=encode(unseen, eval_seeds),
+        unseen_labels=np.asarray([im.label for im in unseen]),
+        known=encode(known, eval_seeds[:1])[:, 0],
+        known_labels=np.asarray([im.label for im in known]),
+        train=train_encoded[:, 0],
+        train_views=encode(train, eval_seeds[1:]),
+        train_labels=train_labels,
     )
     features_s = time.perf_counter() - t0
-    train_labels = np.asarray([im.label for im in train])
-    held_labels = np.asarray([im.label for im in held])
-    head, stats = train_head(train_feats, train_labels, settings.train)
+    fitted = trainer.fit(train_encoded, train_labels, settings.train)
     return PipelineOutcome(
-        head=head,
-        stats=stats,
-        before=holdout_scores(held_feats, held_labels),
-        after=holdout_scores(project(head, held_feats), held_labels),
+        fitted=fitted,
+        before=scores_of(trainer.raw, held),
+        after=scores_of(fitted.embed, held),
         train_images=len(train),
         train_labels=len(set(train_labels.tolist())),
-        holdout_images=len(held),
-        holdout_labels=len(set(held_labels.tolist())),
+        holdout_images=len(unseen) + len(known),
+        holdout_labels=len({im.label for im in unseen}),
         features_s=features_s,
-        train_s=stats.wall_s,
+        train_s=fitted.stats.wall_s,
     )
+
+
+def refit_all(
+    images: Sequence[TrainImage],
+    encoder: Encoder,
+    settings: PipelineSettings,
+    cache: FeatureCache | None,
+    trainer: Trainer | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Fitted:
+    """Train again, with the same settings, on every image (after the held-out check passed)."""
+    trainer = trainer or HeadTrainer()
+    seeds = train_view_seeds(settings.views, settings.train.seed)
+    encoded = view_features(images, seeds, encoder, cache, progress=progress)
+    return trainer.fit(encoded, np.asarray([im.label for im in images]), settings.train)
 
 
 def config_digest(settings: PipelineSettings, digest: str, parent: str) -> str:
@@ -166,6 +309,8 @@ def config_digest(settings: PipelineSettings, digest: str, parent: str) -> str:
             "views": settings.views,
             "eval_views": settings.eval_views,
             "holdout": settings.holdout,
+            "holdout_photos": settings.holdout_photos,
+            "refit": settings.refit,
         },
         sort_keys=True,
     )

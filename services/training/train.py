@@ -10,28 +10,7 @@ import torch
 
 from services.training.head import ProjectionHead
 from services.training.mining import epoch_batches, semi_hard_triplets
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    dims: int = 256
-    hidden: int = 0  # 0 = linear head
-    epochs: int = 20
-    batch_size: int = 64
-    per_label: int = 4  # images of one label side by side in a batch
-    margin: float = 0.2  # on Euclidean distances between unit vectors
-    lr: float = 3e-4
-    weight_decay: float = 1e-4
-    seed: int = 0
-    threads: int = 1
-    # Start: "whitening" (learned whitening, Radenović et al.: closed form from the labels)
-    # or "pca". Chosen, like epochs/lr/shrinkage, on ukbench groups 140-174 held out of the
-    # training groups 0-139 (never on the evaluation groups).
-    init: str = "whitening"
-    shrinkage: float = 0.5  # of the within-label covariance, for init="whitening"
-
-    def as_dict(self) -> dict[str, float | int]:
-        return asdict(self)
+from services.training.settings import TrainConfig
 
 
 @dataclass

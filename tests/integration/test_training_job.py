@@ -40,7 +40,9 @@ def labelled_collection(storage, built_model_dir):
 
 
 def _args(collection: str, cache: Path, *extra: str) -> list[str]:
+    """A head only (frozen backbone features), labels held out, no photos held out."""
     return ["-c", collection, "--epochs", "2", "--views", "1", "--holdout", "0.5",
+            "--holdout-photos", "0", "--tail-blocks", "0", "--loss", "triplet", "--no-refit",
             "--cache-dir", str(cache), "--model-cache-dir", str(cache.parent / "models"),
             "--threads", "1", *extra]  # fmt: skip
 
@@ -67,14 +69,16 @@ def test_worse_model_is_refused_then_published_with_force(
     assert refused["published"] is False and "--force" in refused["error"]
     assert set(store.list("models/global/")) == models_before
     cached = sorted(cache.rglob("*.npy"))
-    assert len(cached) == GROUPS * 4 * 2  # every image and its one augmented view
+    # Training images: itself, its training view and its unseen evaluation view; held-out
+    # images: itself and its evaluation view.
+    assert len(cached) == GROUPS // 2 * 4 * 3 + GROUPS // 2 * 4 * 2
 
     assert job_main.main(_args(collection, cache, "--dims", "2", "--force")) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert sorted(cache.rglob("*.npy")) == cached  # second run: features from the cache
     assert summary["published"] is True and summary["metrics"] == refused["metrics"]
     version = summary["version"]
-    assert version.startswith(f"{base.version}-triplet2-")
+    assert version.startswith(f"{base.version}-trained2-")
     manifest, model_path = fetch(store, "models", "global", version, tmp_path / "fetched")
     raw = manifest.raw
     assert manifest.output_dims == 2 and manifest.input_size == base.input_size
@@ -103,7 +107,9 @@ def test_trained_model_serves_like_the_global_model(labelled_collection, tmp_pat
     collection, store, redis_url, base, _ = labelled_collection
     settings = JobSettings(
         collection=collection,
-        pipeline=PipelineSettings(TrainConfig(dims=16, epochs=3), views=1, holdout=0.5),
+        pipeline=PipelineSettings(
+            TrainConfig(dims=16, epochs=3, tail_blocks=0, loss="triplet"), views=1, holdout=0.5
+        ),
         force=True,
         cache_dir=tmp_path / "features",
         model_cache_dir=tmp_path / "models",
@@ -135,6 +141,7 @@ def test_visearch_train_command_uses_the_stack_state(labelled_collection, tmp_pa
     state.save()
     args = ["train", "-c", collection, "--state-dir", str(tmp_path), "--json", "--dims", "8",
             "--epochs", "2", "--views", "1", "--holdout", "0.5", "--seed", "1", "--force",
+            "--tail-blocks", "0", "--loss", "triplet",
             "--cache-dir", str(tmp_path / "features")]  # fmt: skip
     result = CliRunner().invoke(
         app, args, env={"VISEARCH_REDIS_URL": "", "VISEARCH_S3_ENDPOINT": ""}

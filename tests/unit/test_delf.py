@@ -34,7 +34,7 @@ from services.models.weights import ensure_mobilenet_v2_weights  # noqa: E402
 def local_model_dir(models_dir) -> Path:
     manifests = sorted((models_dir / "local").glob("*/manifest.json"))
     if not manifests:
-        pytest.skip("no DELF local model: `make models` builds it when ukbench1000 is present")
+        pytest.skip("no DELF local model: run `make models`")
     return manifests[-1].parent
 
 
@@ -131,5 +131,6 @@ def test_manifest_describes_the_served_model(local_model_dir):
     assert manifest.output_dims == PCA_DIMS
     assert len(raw["pca"]["mean"]) == FEATURE_CHANNELS
     assert raw["training"]["whitening_pairs"] > 10 * FEATURE_CHANNELS
-    assert raw["training"]["data"].startswith("ukbench1000 groups 0-174")
+    assert "scikit-image" in raw["training"]["data"]  # no dataset folder needed
+    assert raw["training"]["attention_auc"] > 0.7  # the head learned which cells match
     assert delf_build.up_to_date(local_model_dir) is not None

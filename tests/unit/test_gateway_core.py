@@ -92,12 +92,18 @@ class InProcessShard:
     def delete(self, collection, ids, timeout):
         return self.core.delete(collection, ids)[0]
 
-    def search(self, collection, queries, k, search_filter, timeout):
+    def search(self, collection, queries, k, search_filter, timeout, vectors_for_top=0):
+        """Like the indexer, the best ``vectors_for_top`` hits carry their vectors."""
         time.sleep(self.delay_s)
         if self.broken:
             raise UnavailableError(f"shard {self.shard}: connection refused")
         results, _ = self.core.search(collection, queries, k, search_filter)
-        return [[ShardHit(n.id, n.score) for n in r] for r in results]
+        out = []
+        for neighbours in results:
+            top = self.core.vectors(collection, [n.id for n in neighbours[:vectors_for_top]])
+            top += [None] * (len(neighbours) - len(top))
+            out.append([ShardHit(n.id, n.score, v) for n, v in zip(neighbours, top, strict=True)])
+        return out
 
     def stats(self, collection, timeout):
         (s,) = self.core.stats(collection)
@@ -267,3 +273,16 @@ def test_collection_index_settings_reach_the_shards(gateway):
         assert shard.core._collections["tuned"].index.exact_threshold == 2
     with pytest.raises(InvalidArgumentError, match="leaves_to_search"):
         gateway.create_collection("bad", index=IndexOverrides(num_leaves=10, leaves_to_search=20))
+
+
+def test_a_collection_can_choose_a_registered_model_version(gateway):
+    config = gateway.create_collection("v2", model_version="pixels-v2")
+    assert config.model_version == "pixels-v2"
+    gateway.ingest("v2", [IngestItem(f"m-{i}", image=jpeg(i)) for i in range(3)], False, None)
+    result = gateway.search(SearchQuery("v2", image=jpeg(1), k=1), None)
+    assert result.model_version == "pixels-v2" and result.hits[0].id == "m-1"
+    assert gateway.create_collection("v1").model_version == "pixels-v1"
+    with pytest.raises(NotFoundError, match="not in the registry"):
+        gateway.create_collection("nope", model_version="no-such-model")
+    with pytest.raises(NotFoundError):
+        gateway.collection("nope")  # nothing was stored

@@ -54,3 +54,21 @@ def test_train_job_is_locked_down_bounded_and_writes_only_to_volumes() -> None:
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["HOME"].startswith("/cache") and {"/cache", "/tmp"} <= mounts
+
+
+def test_retrain_cronjob_trains_only_on_new_images_and_applies_through_the_gateway() -> None:
+    from services.training.main import add_training_arguments
+
+    (cron,) = load_docs(K8S / "jobs" / "retrain-cronjob.yaml")
+    assert cron["kind"] == "CronJob" and cron["spec"]["concurrencyPolicy"] == "Forbid"
+    container = visearch_container(cron["spec"]["jobTemplate"])
+    parser = argparse.ArgumentParser()
+    add_training_arguments(parser)
+    args = parser.parse_args(container["args"])
+    assert args.apply and args.if_new > 0
+    env = {e["name"]: e["value"] for e in container["env"]}
+    (gateway,) = [d for d in load_docs(K8S / "base" / "gateway.yaml") if d["kind"] == "Service"]
+    port = gateway["spec"]["ports"][0]["port"]
+    assert env["VISEARCH_GATEWAY"] == f"{gateway['metadata']['name']}:{port}"
+    _, job_container_ = job_container()
+    assert container["image"] == job_container_["image"]

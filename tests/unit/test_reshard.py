@@ -56,7 +56,7 @@ class InProcessShard:
     def delete(self, collection, ids, timeout, tombstone=False):
         return self.core.delete(collection, ids, tombstone)[0]
 
-    def search(self, collection, queries, k, search_filter, timeout):
+    def search(self, collection, queries, k, search_filter, timeout, vectors_for_top=0):
         results, _ = self.core.search(collection, queries, k, search_filter)
         return [[ShardHit(n.id, n.score) for n in r] for r in results]
 

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Collection(_message.Message):
-    __slots__ = ("name", "model_version", "shards", "default_rerank", "local_feature_type", "rerank_depth", "index_params", "texture_features", "target_shards", "generation", "pending_model_version")
+    __slots__ = ("name", "model_version", "shards", "default_rerank", "local_feature_type", "rerank_depth", "index_params", "texture_features", "query_expansion", "target_shards", "generation", "pending_model_version")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     SHARDS_FIELD_NUMBER: _ClassVar[int]
@@ -17,6 +17,7 @@ class Collection(_message.Message):
     RERANK_DEPTH_FIELD_NUMBER: _ClassVar[int]
     INDEX_PARAMS_FIELD_NUMBER: _ClassVar[int]
     TEXTURE_FEATURES_FIELD_NUMBER: _ClassVar[int]
+    QUERY_EXPANSION_FIELD_NUMBER: _ClassVar[int]
     TARGET_SHARDS_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     PENDING_MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -28,26 +29,41 @@ class Collection(_message.Message):
     rerank_depth: int
     index_params: _common_pb2.IndexParams
     texture_features: bool
+    query_expansion: QueryExpansion
     target_shards: int
     generation: int
     pending_model_version: str
-    def __init__(self, name: _Optional[str] = ..., model_version: _Optional[str] = ..., shards: _Optional[int] = ..., default_rerank: _Optional[_Union[_common_pb2.RerankMode, str]] = ..., local_feature_type: _Optional[str] = ..., rerank_depth: _Optional[int] = ..., index_params: _Optional[_Union[_common_pb2.IndexParams, _Mapping]] = ..., texture_features: _Optional[bool] = ..., target_shards: _Optional[int] = ..., generation: _Optional[int] = ..., pending_model_version: _Optional[str] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., model_version: _Optional[str] = ..., shards: _Optional[int] = ..., default_rerank: _Optional[_Union[_common_pb2.RerankMode, str]] = ..., local_feature_type: _Optional[str] = ..., rerank_depth: _Optional[int] = ..., index_params: _Optional[_Union[_common_pb2.IndexParams, _Mapping]] = ..., texture_features: _Optional[bool] = ..., query_expansion: _Optional[_Union[QueryExpansion, _Mapping]] = ..., target_shards: _Optional[int] = ..., generation: _Optional[int] = ..., pending_model_version: _Optional[str] = ...) -> None: ...
 
 class CreateCollectionRequest(_message.Message):
-    __slots__ = ("name", "default_rerank", "local_feature_type", "rerank_depth", "index_params", "texture_features")
+    __slots__ = ("name", "default_rerank", "local_feature_type", "rerank_depth", "index_params", "texture_features", "query_expansion", "model_version")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_RERANK_FIELD_NUMBER: _ClassVar[int]
     LOCAL_FEATURE_TYPE_FIELD_NUMBER: _ClassVar[int]
     RERANK_DEPTH_FIELD_NUMBER: _ClassVar[int]
     INDEX_PARAMS_FIELD_NUMBER: _ClassVar[int]
     TEXTURE_FEATURES_FIELD_NUMBER: _ClassVar[int]
+    QUERY_EXPANSION_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     name: str
     default_rerank: _common_pb2.RerankMode
     local_feature_type: str
     rerank_depth: int
     index_params: _common_pb2.IndexParams
     texture_features: bool
-    def __init__(self, name: _Optional[str] = ..., default_rerank: _Optional[_Union[_common_pb2.RerankMode, str]] = ..., local_feature_type: _Optional[str] = ..., rerank_depth: _Optional[int] = ..., index_params: _Optional[_Union[_common_pb2.IndexParams, _Mapping]] = ..., texture_features: _Optional[bool] = ...) -> None: ...
+    query_expansion: QueryExpansion
+    model_version: str
+    def __init__(self, name: _Optional[str] = ..., default_rerank: _Optional[_Union[_common_pb2.RerankMode, str]] = ..., local_feature_type: _Optional[str] = ..., rerank_depth: _Optional[int] = ..., index_params: _Optional[_Union[_common_pb2.IndexParams, _Mapping]] = ..., texture_features: _Optional[bool] = ..., query_expansion: _Optional[_Union[QueryExpansion, _Mapping]] = ..., model_version: _Optional[str] = ...) -> None: ...
+
+class QueryExpansion(_message.Message):
+    __slots__ = ("top_n", "alpha", "verified")
+    TOP_N_FIELD_NUMBER: _ClassVar[int]
+    ALPHA_FIELD_NUMBER: _ClassVar[int]
+    VERIFIED_FIELD_NUMBER: _ClassVar[int]
+    top_n: int
+    alpha: float
+    verified: bool
+    def __init__(self, top_n: _Optional[int] = ..., alpha: _Optional[float] = ..., verified: _Optional[bool] = ...) -> None: ...
 
 class IngestItem(_message.Message):
     __slots__ = ("id", "image", "label", "attributes")
@@ -97,7 +113,7 @@ class IngestResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[IngestResult, _Mapping]]] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "image", "k", "rerank", "require_complete", "filter", "return_matches")
+    __slots__ = ("collection", "image", "k", "rerank", "require_complete", "filter", "return_matches", "query_expansion")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
@@ -105,6 +121,7 @@ class SearchRequest(_message.Message):
     REQUIRE_COMPLETE_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
     RETURN_MATCHES_FIELD_NUMBER: _ClassVar[int]
+    QUERY_EXPANSION_FIELD_NUMBER: _ClassVar[int]
     collection: str
     image: _common_pb2.Image
     k: int
@@ -112,7 +129,8 @@ class SearchRequest(_message.Message):
     require_complete: bool
     filter: _common_pb2.Filter
     return_matches: bool
-    def __init__(self, collection: _Optional[str] = ..., image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., k: _Optional[int] = ..., rerank: _Optional[_Union[_common_pb2.RerankMode, str]] = ..., require_complete: _Optional[bool] = ..., filter: _Optional[_Union[_common_pb2.Filter, _Mapping]] = ..., return_matches: _Optional[bool] = ...) -> None: ...
+    query_expansion: QueryExpansion
+    def __init__(self, collection: _Optional[str] = ..., image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., k: _Optional[int] = ..., rerank: _Optional[_Union[_common_pb2.RerankMode, str]] = ..., require_complete: _Optional[bool] = ..., filter: _Optional[_Union[_common_pb2.Filter, _Mapping]] = ..., return_matches: _Optional[bool] = ..., query_expansion: _Optional[_Union[QueryExpansion, _Mapping]] = ...) -> None: ...
 
 class SearchHit(_message.Message):
     __slots__ = ("id", "score", "label", "attributes", "global_score", "inliers", "reason", "sha256", "matches", "inlier_ratio", "predicted_label", "label_margin", "inlier_keypoints")

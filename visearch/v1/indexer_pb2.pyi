@@ -139,24 +139,28 @@ class IndexDeleteResponse(_message.Message):
     def __init__(self, deleted: _Optional[int] = ..., size: _Optional[int] = ...) -> None: ...
 
 class IndexSearchRequest(_message.Message):
-    __slots__ = ("collection", "queries", "k", "filter")
+    __slots__ = ("collection", "queries", "k", "filter", "vectors_for_top")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     QUERIES_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
+    VECTORS_FOR_TOP_FIELD_NUMBER: _ClassVar[int]
     collection: str
     queries: _containers.RepeatedCompositeFieldContainer[_common_pb2.Vector]
     k: int
     filter: _common_pb2.Filter
-    def __init__(self, collection: _Optional[str] = ..., queries: _Optional[_Iterable[_Union[_common_pb2.Vector, _Mapping]]] = ..., k: _Optional[int] = ..., filter: _Optional[_Union[_common_pb2.Filter, _Mapping]] = ...) -> None: ...
+    vectors_for_top: int
+    def __init__(self, collection: _Optional[str] = ..., queries: _Optional[_Iterable[_Union[_common_pb2.Vector, _Mapping]]] = ..., k: _Optional[int] = ..., filter: _Optional[_Union[_common_pb2.Filter, _Mapping]] = ..., vectors_for_top: _Optional[int] = ...) -> None: ...
 
 class Neighbor(_message.Message):
-    __slots__ = ("id", "score")
+    __slots__ = ("id", "score", "vector")
     ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_FIELD_NUMBER: _ClassVar[int]
     id: str
     score: float
-    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
+    vector: bytes
+    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., vector: _Optional[bytes] = ...) -> None: ...
 
 class NeighborList(_message.Message):
     __slots__ = ("neighbors",)

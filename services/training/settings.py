@@ -11,7 +11,7 @@ LOSSES = ("triplet", "arcface")
 class TrainConfig:
     dims: int = 256
     hidden: int = 0  # 0 = linear head
-    epochs: int = 20
+    epochs: int = 20  # an epoch = one view of every image (its cost: the number of images)
     batch_size: int = 64
     per_label: int = 4  # images of one label side by side in a batch
     margin: float = 0.2  # on Euclidean distances between unit vectors

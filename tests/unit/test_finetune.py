@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 
 import cv2
+import numpy as np
 import pytest
 import torch
 
@@ -42,7 +43,7 @@ def test_arc_margin_loss_penalises_the_target_angle() -> None:
     without_margin.weight = loss.weight
     assert float(on_centre.detach()) > float(without_margin(centres, targets).detach())
     wrong = loss(centres, torch.tensor([1, 2, 0]))
-    assert float(wrong) > float(on_centre)
+    assert float(wrong.detach()) > float(on_centre.detach())
 
 
 def _products() -> list[tuple[str, bytes]]:
@@ -61,7 +62,9 @@ def _products() -> list[tuple[str, bytes]]:
     return out
 
 
-def test_fine_tuning_on_a_tiny_catalogue_improves_its_held_out_views(built_model_dir) -> None:
+def test_fine_tuning_on_a_tiny_catalogue_improves_its_held_out_views(
+    built_model_dir, tmp_path
+) -> None:
     """One image per label (packshots): new photos are unseen augmented views of them."""
     from services.common.model_registry import load_local
     from services.training.torch_backbone import torch_global_model
@@ -93,3 +96,15 @@ def test_fine_tuning_on_a_tiny_catalogue_improves_its_held_out_views(built_model
         not torch.equal(a, b) for a, b in zip(model.parameters(), tuned.parameters(), strict=True)
     ]
     assert any(changed) and not all(changed)
+    # The exported ONNX model (trunk + tuned tail + head) serves what training scored.
+    from services.common.imaging import ImageLimits, decode_rgb
+    from services.embedder.core import GlobalModel, create_session
+    from services.training.export import export_trained_model
+
+    export_trained_model(tmp_path / "m", outcome.head, manifest, "tiny-trained", {}, tuned=tuned)
+    served_manifest, served_path = load_local(tmp_path / "m")
+    served = GlobalModel(served_manifest, create_session(served_path, ["CPUExecutionProvider"], 1))
+    rgb = decode_rgb(images[0].load(), ImageLimits(1 << 26))
+    got = served.run(served.preprocess(rgb)[None])
+    want = outcome.fitted.embed(TrunkRunner(manifest, model, split).embed([rgb]))
+    assert got.shape == (1, 32) and np.abs(got - want).max() < 2e-3  # float16 activations

@@ -125,12 +125,8 @@ def test_export_parity_and_manifest(tmp_path, built_model_dir) -> None:
     from services.common.imaging import ImageLimits, decode_rgb
     from services.common.model_registry import load_local
     from services.embedder.core import GlobalModel, create_session
-    from services.training.export import (
-        ExportError,
-        build_torch_model,
-        check_parity,
-        export_trained_model,
-    )
+    from services.models.export import ExportError
+    from services.training.export import build_torch_model, check_parity, export_trained_model
     from services.training.head import ProjectionHead
 
     backbone_manifest, backbone_path = load_local(built_model_dir)
@@ -158,8 +154,8 @@ def test_export_parity_and_manifest(tmp_path, built_model_dir) -> None:
     via_backbone = head.embed(base.run(base.preprocess(rgb)[None]))
     assert np.abs(got - via_backbone).max() < 1e-4
     # a torch model that differs from the exported file fails the parity check
-    model = build_torch_model(head)
+    model = build_torch_model(head, backbone_manifest)
     with torch.no_grad():
         head.net.weight.mul_(-1.0)
     with pytest.raises(ExportError):
-        check_parity(model, trained_path, backbone_manifest.input_size, 16)
+        check_parity(model, trained_path, backbone_manifest, 16)

@@ -41,7 +41,7 @@ lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
 protos: setup
-	scripts/gen_protos.sh
+	PATH=$(VENV)/bin:$$PATH scripts/gen_protos.sh
 
 eval: models
 	$(VISEARCH) eval ../shared/datasets/ukbench1000 --rerank $(EVAL_MODES) \

@@ -2,6 +2,7 @@
 
     nice -n 10 .venv/bin/python bench/global_backbones.py [--models-dir models]
         [--datasets ../shared/datasets] [--extra-sizes efficientnet-lite2-gem=288,416]
+        [--models mobilenetv2-gem mobilenetv2-gem-ms ...]
         [--threads 2] [--rounds 5] [--out bench/results/global_backbones.json]
 
 Every model is the built ONNX artefact (``services.models.build``; the recipes' default sizes
@@ -347,6 +348,13 @@ def main() -> None:
     ap.add_argument("--models-dir", type=Path, default=ROOT / "models")
     ap.add_argument("--datasets", type=Path, default=DEFAULT_DATASETS)
     ap.add_argument("--extra-sizes", nargs="*", default=["efficientnet-lite2-gem=288,416"])
+    ap.add_argument(
+        "--models",
+        nargs="*",
+        choices=sorted(RECIPES),
+        default=sorted(RECIPES),
+        help="recipes evaluated at their default size (default: all)",
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--ukbench-limit", type=int, default=0, help="first N UKBench images (0: all)")
@@ -366,7 +374,8 @@ def main() -> None:
         extra = _parse_extra(args.extra_sizes)
         configs = [(r, size, Path(tmp), args.subset) for r, size in extra]
         configs += [
-            (r, r.input_size, args.models_dir, args.ukbench_limit) for r in RECIPES.values()
+            (RECIPES[name], RECIPES[name].input_size, args.models_dir, args.ukbench_limit)
+            for name in args.models
         ]
         sub = min(args.subset, len(sets.ukb_images))
         for recipe, size, out, limit in configs:

@@ -242,6 +242,36 @@ def embedder_providers_section(report: dict) -> list[str]:
     return [*lines, ""]
 
 
+def backbones_section(name: str, report: dict) -> list[str]:
+    """Global models at their default sizes (`bench/global_backbones.py`), CPU time as a
+    ratio to the first model of the same run."""
+    rows = [r for r in report["results"] if r["default_size"] and r["variant"] == "plain"]
+    if not rows:
+        return []
+    base = rows[0]["timing"]["infer_ms_per_image_b16"]
+    lines = [
+        f"## Global models, global search only ({name}, `bench/global_backbones.py`)",
+        "",
+        f"`{report['command']}`: ONNX Runtime CPU, {report['ort_threads']} threads, brute-force "
+        "cosine over the whole gallery; SMVS standard (400 phone photos vs 100 covers), the 11 "
+        "official Paris queries, every UKBench image (plain and transformed). Load average "
+        f"before/after {report['load_average_at_start']} / {report['load_average_at_end']}.",
+        "",
+        "| version | input | SMVS P@1 | SMVS mAP | Paris mAP | UKBench N-S | UKBench-T N-S "
+        "| UKBench-T mAP | ms/image (batch 16) | CPU vs first row |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        ms = r["timing"]["infer_ms_per_image_b16"]
+        lines.append(
+            f"| {r['version']} | {r['input_size'][0]} | {r['smvs_standard']['p_at_1']:.3f} "
+            f"| {r['smvs_standard']['map']:.3f} | {r['paris6k_subset']['map']:.3f} "
+            f"| {r['ukbench_plain']['ns_score']:.3f} | {r['ukbench_transformed']['ns_score']:.3f} "
+            f"| {r['ukbench_transformed']['map']:.3f} | {ms:.1f} | {ms / base:.2f}x |"
+        )
+    return lines + [""]
+
+
 def main() -> None:
     lines = [
         "# Benchmarks",
@@ -272,6 +302,8 @@ def main() -> None:
             ]
             if seeds:
                 lines += triplet_seeds_section([report, *seeds])
+    for path in sorted(RESULTS.glob("global_backbones*.json")):
+        lines += backbones_section(path.name, json.loads(path.read_text()))
     for path in sorted(RESULTS.glob("eval_*.json")):
         lines += eval_section(path.name, json.loads(path.read_text()))
     lines += [

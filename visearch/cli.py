@@ -454,6 +454,42 @@ def reembed(
     out.print(f"{collection!r} now uses {model}")
 
 
+@app.command()
+def dba(
+    collection: Collection,
+    top_n: Annotated[
+        int, typer.Option(help="Neighbours combined into each vector, 1..50 (0 = turn DBA off).")
+    ] = 2,
+    alpha: Annotated[float, typer.Option(help="Similarity exponent of their weights.")] = 3.0,
+    page_size: Annotated[int, typer.Option(help="Vectors per shard call (0 = 256).")] = 0,
+    drop_grace: Annotated[
+        float, typer.Option(help="Seconds before the replaced copy is dropped (-1 = default).")
+    ] = -1.0,
+    gateway: Gateway = "",
+    state_dir: StateDir = localstack.DEFAULT_STATE_DIR,
+) -> None:
+    """Database-side augmentation: one pass, then searches use the augmented vectors.
+
+    Each stored vector is combined with its top-n stored neighbours (docs/query_expansion.md says
+    when that helps). Run it again after bulk changes; `--top-n 0` turns it off.
+    """
+    with VisearchClient(_gateway(gateway, state_dir)) as client, _progress() as progress:
+        task = progress.add_task(f"augment {collection}", total=None)
+        try:
+            for step in client.augment_database(
+                collection, top_n, alpha=alpha, page_size=page_size, drop_grace_s=drop_grace
+            ):
+                progress.update(task, total=step.total, completed=step.done)
+                if step.phase != "augmenting":
+                    console.print(
+                        f"{step.phase}: {collection} pass {step.dba_pass} "
+                        f"({step.done}/{step.total} vectors)"
+                    )
+        except VisearchError as exc:
+            _fail(exc)
+    out.print(f"{collection!r}: database-side augmentation {'off' if top_n == 0 else 'done'}")
+
+
 @app.command(name="eval")
 def eval_command(
     dataset_dir: Annotated[

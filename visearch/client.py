@@ -121,6 +121,24 @@ class CollectionInfo:
     texture_features: bool = False
     # Query expansion of searches that set none (services/gateway/query_expansion.py).
     query_expansion: QueryExpansion = QE_OFF
+    # Database-side augmentation (services/gateway/dba.py): top_n 0 = off; the pass searches
+    # use (0 = none) and the one being built (0 = none).
+    dba_top_n: int = 0
+    dba_alpha: float = DEFAULT_QE_ALPHA
+    dba_pass: int = 0
+    dba_pending_pass: int = 0
+
+
+@dataclass(frozen=True)
+class AugmentProgress:
+    """One step of `VisearchClient.augment_database` (phases: started, augmenting,
+    published, done, off)."""
+
+    collection: str
+    phase: str
+    dba_pass: int
+    total: int
+    done: int
 
 
 @dataclass(frozen=True)
@@ -209,6 +227,10 @@ def _collection(message: gateway_pb2.Collection) -> CollectionInfo:
         target_shards=message.target_shards,
         texture_features=message.texture_features,
         query_expansion=query_expansion_from_proto(message.query_expansion),
+        dba_top_n=message.dba_top_n,
+        dba_alpha=message.dba_alpha,
+        dba_pass=message.dba_pass,
+        dba_pending_pass=message.dba_pending_pass,
     )
 
 
@@ -451,6 +473,36 @@ class VisearchClient:
                     p.batches_done,
                     p.batches_skipped,
                 )
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, "") from exc
+        finally:
+            stream.cancel()
+
+    def augment_database(
+        self,
+        collection: str,
+        top_n: int,
+        *,
+        alpha: float = DEFAULT_QE_ALPHA,
+        page_size: int = 0,
+        drop_grace_s: float = -1.0,
+        timeout_s: float | None = None,
+    ) -> Iterator[AugmentProgress]:
+        """Runs one database-side augmentation pass (top_n 1..50 neighbours, weights
+        similarity^alpha), yielding progress; top_n 0 turns DBA off. Searches switch to the
+        new augmented vectors when the pass publishes. timeout_s None = no deadline.
+        """
+        request = gateway_pb2.AugmentDatabaseRequest(
+            collection=collection,
+            top_n=top_n,
+            alpha=alpha,
+            page_size=page_size,
+            drop_grace_seconds=drop_grace_s,
+        )
+        stream = self._stub.AugmentDatabase(request, timeout=timeout_s)
+        try:
+            for p in stream:
+                yield AugmentProgress(p.collection, p.phase, p.dba_pass, p.total, p.done)
         except grpc.RpcError as exc:
             raise error_from_rpc(exc, "") from exc
         finally:

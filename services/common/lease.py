@@ -8,16 +8,20 @@ owner's lease. ``InMemoryLease`` has the same behaviour for unit tests of cores.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Protocol, TypeVar
 
 import redis
 
-from services.common.errors import UnavailableError
+from services.common.errors import FailedPreconditionError, UnavailableError
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 _RENEW = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
@@ -124,3 +128,34 @@ class InMemoryLease:
         with self._lock:
             current = self._leases.get(name)
             return current[0] if current is not None and current[1] > time.monotonic() else None
+
+
+@contextmanager
+def held(lease: Lease, name: str, ttl_s: float, job: str) -> Iterator[str]:
+    """Holds lease `name` for the with block (a daemon thread renews it every ttl_s / 3) and
+    yields its owner id; raises FailedPreconditionError when another runner holds it. `job`
+    names the work in messages, e.g. "a re-embed of 'c'"."""
+    owner = uuid.uuid4().hex
+    wait_s = lease.acquire(name, owner, ttl_s)
+    if wait_s > 0:
+        raise FailedPreconditionError(
+            f"{job} is running elsewhere (its lease expires in {wait_s:.0f} s if that job "
+            "died); try again then"
+        )
+    stop = threading.Event()
+
+    def heartbeat() -> None:
+        while not stop.wait(ttl_s / 3):
+            try:
+                if not lease.renew(name, owner, ttl_s):
+                    log.warning("lease lost", extra={"fields": {"job": job}})
+            except UnavailableError:
+                log.warning("lease renewal failed", exc_info=True)
+
+    thread = threading.Thread(target=heartbeat, daemon=True)
+    thread.start()
+    try:
+        yield owner
+    finally:
+        stop.set()
+        lease.release(name, owner)

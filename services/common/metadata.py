@@ -47,6 +47,16 @@ class CollectionConfig:
     qe_top_n: int = 0
     qe_alpha: float = 3.0
     qe_verified: bool = False
+    # Database-side augmentation (services/gateway/dba.py): searches use the augmented copy
+    # `<index_name>~<dba_pass>` of the current generation once a pass completed (0 = none);
+    # while a pass builds `~<dba_pending_pass>`, writes reach it too. dba_top_n 0 = off.
+    dba_top_n: int = 0
+    dba_alpha: float = 3.0
+    dba_pass: int = 0
+    dba_pending_pass: int = 0
+    dba_last_pass: int = 0  # passes ever started: the next one is numbered above it
+    # Views only (never stored non-zero): the DBA copy a view names (index_name gets ~N).
+    view_dba_pass: int = 0
 
     def index_overrides(self) -> IndexOverrides:
         """The index settings sent to the shards with every upsert."""
@@ -56,8 +66,19 @@ class CollectionConfig:
 
     @property
     def index_name(self) -> str:
-        """The collection's namespace on the indexer shards."""
-        return index_name(self.name, self.generation)
+        """The collection's namespace on the indexer shards (a DBA view: its copy's)."""
+        return dba_index_name(index_name(self.name, self.generation), self.view_dba_pass)
+
+    def dba_view(self, dba_pass: int) -> CollectionConfig:
+        """This config naming the DBA copy `dba_pass` of its generation."""
+        return replace(self, view_dba_pass=dba_pass)
+
+    def search_view(self) -> CollectionConfig:
+        """The config whose namespace searches read: the completed DBA copy when there is
+        one (and no reshard moves ids meanwhile), else the collection's vectors."""
+        if self.dba_top_n and self.dba_pass and not self.target_shards:
+            return self.dba_view(self.dba_pass)
+        return self
 
     def pending_view(self) -> CollectionConfig | None:
         """The config as it will be once a running re-embed switches; None when none runs."""
@@ -72,9 +93,13 @@ class CollectionConfig:
         )
 
     def generation_views(self) -> list[CollectionConfig]:
-        """Every (model version, namespace) a write must reach: current, then pending."""
+        """Every (model version, namespace) a write must reach: current, then pending
+        generation, then the DBA copies of the current generation (completed, building)."""
         pending = self.pending_view()
-        return [self] if pending is None else [self, pending]
+        views = [self] if pending is None else [self, pending]
+        if self.dba_top_n and not self.target_shards:
+            views += [self.dba_view(n) for n in (self.dba_pass, self.dba_pending_pass) if n]
+        return views
 
 
 def config_from_json(raw: str | bytes) -> CollectionConfig:
@@ -87,6 +112,11 @@ def config_from_json(raw: str | bytes) -> CollectionConfig:
 
 def index_name(collection: str, generation: int) -> str:
     return collection if generation == 0 else f"{collection}@{generation}"
+
+
+def dba_index_name(namespace: str, dba_pass: int) -> str:
+    """The DBA copy `dba_pass` of a namespace ("<namespace>~<pass>"); 0 = the namespace."""
+    return namespace if dba_pass == 0 else f"{namespace}~{dba_pass}"
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,9 @@ class ModelManifest:
     std: tuple[float, float, float]
     output_dims: int
     raw: dict[str, Any]
+    # Multi-scale models: the smaller (height, width) sizes embedded beside input_size (the
+    # largest), each fed to its own input (scale_input_name); () = one scale.
+    extra_scales: tuple[tuple[int, int], ...] = ()
 
     @classmethod
     def from_json(cls, text: str) -> ModelManifest:
@@ -51,9 +54,15 @@ class ModelManifest:
                 std=tuple(float(v) for v in raw["std"]),  # type: ignore[arg-type]
                 output_dims=int(raw["output_dims"]),
                 raw=raw,
+                extra_scales=tuple((int(h), int(w)) for h, w in raw.get("extra_scales", [])),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise FailedPreconditionError(f"model manifest is incomplete: {exc}") from exc
+
+
+def scale_input_name(input_name: str, size: tuple[int, int]) -> str:
+    """The ONNX input of a multi-scale model that takes the images at ``size`` (H, W)."""
+    return f"{input_name}_{size[0]}x{size[1]}"
 
 
 def sha256_file(path: Path) -> str:

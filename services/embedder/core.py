@@ -21,7 +21,7 @@ from services.common.errors import (
 )
 from services.common.imaging import ImageLimits, decode_rgb
 from services.common.local_features import LocalFeatures
-from services.common.model_registry import ModelManifest
+from services.common.model_registry import ModelManifest, scale_input_name
 from services.embedder.delf import DelfExtractor, load_delf
 from services.embedder.model_pool import BatchObserver, ModelLoader, ModelPool
 from services.embedder.rootsift import extract_rootsift
@@ -84,11 +84,25 @@ class GlobalModel:
         return preprocess_global(self.manifest, image_rgb)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        """float32 [n, 3, h, w] -> float32 [n, dims], L2-normalised."""
-        (output,) = self._session.run(
-            [self.manifest.output_name], {self.manifest.input_name: batch}
-        )
+        """float32 [n, 3, h, w] -> float32 [n, dims], L2-normalised.
+
+        A multi-scale model also gets the batch resized to each of its extra scales (area
+        interpolation of the preprocessed images, which are at the largest scale)."""
+        feeds = {self.manifest.input_name: batch}
+        for size in self.manifest.extra_scales:
+            feeds[scale_input_name(self.manifest.input_name, size)] = resize_batch(batch, size)
+        (output,) = self._session.run([self.manifest.output_name], feeds)
         return np.asarray(output, dtype=np.float32)
+
+
+def resize_batch(batch: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """float32 [n, 3, h, w] -> float32 [n, 3, size[0], size[1]], cv2.INTER_AREA per image."""
+    height, width = size
+    resized = [
+        cv2.resize(image.transpose(1, 2, 0), (width, height), interpolation=cv2.INTER_AREA)
+        for image in batch
+    ]
+    return np.ascontiguousarray(np.stack(resized).transpose(0, 3, 1, 2), dtype=np.float32)
 
 
 def delf_from_session(manifest: ModelManifest, session: ort.InferenceSession) -> DelfExtractor:

@@ -246,8 +246,9 @@ class GatewayCore:
         shards = [layout.write_shard(item.id) for item in items]
         # A re-embed in progress gets the items too, embedded with its model version.
         written = {config.index_name}
+        vectors = {config.model_version: embedded.vectors}
         self._generations.upsert(
-            config.generation_views(), written, items, images, deadline.remaining
+            config.generation_views(), written, items, images, deadline.remaining, vectors
         )
         # Metadata is written last: it is the commit point that makes an id visible
         # (search drops index hits without metadata).
@@ -269,7 +270,12 @@ class GatewayCore:
             outcomes.append(IngestOutcome(item.id, digests[position], shards[position], replaced))
         # A re-embed that started or switched meanwhile (services/gateway/generations.py).
         self._generations.upsert(
-            self._generations.latest_views(collection), written, items, images, deadline.remaining
+            self._generations.latest_views(collection),
+            written,
+            items,
+            images,
+            deadline.remaining,
+            vectors,
         )
         return outcomes
 
@@ -357,17 +363,18 @@ class GatewayCore:
             )
         depth = max(k, config.rerank_depth) if mode in ("geometric", "texture") else k
         verified_qe = expansion.verified and mode == "geometric"
+        index_view = config.search_view()  # the augmented copy when DBA completed a pass
         t0 = time.perf_counter()
         vectors = embedded.vectors
         missing: list[int] = []
         if expansion.top_n:
             vectors, missing = self._alpha_expanded(
-                config, vectors, expansion, query.search_filter, deadline
+                index_view, vectors, expansion, query.search_filter, deadline
             )
             timings["index"] = _ms_since(t0)
             t0 = time.perf_counter()
         merged, missed = self._scatter_gather(
-            config,
+            index_view,
             vectors,
             depth,
             query.search_filter,
@@ -397,7 +404,7 @@ class GatewayCore:
             if verified_qe:
                 t0 = time.perf_counter()
                 hits, missed = self._verified_expanded(
-                    config, embedded.vectors[0], hits, merged, k, query.search_filter, deadline
+                    index_view, embedded.vectors[0], hits, merged, k, query.search_filter, deadline
                 )
                 if missed and query.require_complete:
                     raise UnavailableError(

@@ -12,12 +12,19 @@ and a second window in which new writes could slip between catch-up and switch.
 
 Deletes go to every generation the same way. The write to the pending
 generation costs an ingest one more embedding while the job runs.
+
+The database-side augmented copies of the current generation (services/gateway/dba.py)
+are views too: an ingest writes the item's own vector there (it is augmented by the next
+pass), and a delete from a copy still being built leaves a tombstone, so the pass's
+only-if-absent writes never bring the id back.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
 
 from services.common.index_types import ItemMeta
 from services.common.metadata import CollectionConfig, MetadataStore
@@ -52,20 +59,26 @@ class GenerationWriter:
         items: list[IngestItem],
         images: list[bytes],
         remaining: Callable[[], float],
+        embedded: dict[str, np.ndarray] | None = None,
     ) -> None:
         """Embeds `images` with each view's model version and upserts them into each view's
-        namespace not in `written` (which is updated)."""
+        namespace not in `written` (which is updated). embedded: float32 [n, d] vectors of
+        `images` by model version, already computed (filled as this embeds)."""
+        known = {} if embedded is None else embedded
         for view in views:
             if view.index_name in written:
                 continue
-            embedded = self._embedder.embed_global(images, remaining(), view.model_version)
+            if view.model_version not in known:
+                known[view.model_version] = self._embedder.embed_global(
+                    images, remaining(), view.model_version
+                ).vectors
             upsert_routed(
                 self._pool,
                 self._shards,
                 self._metadata,
                 view,
                 [item.id for item in items],
-                embedded.vectors,
+                known[view.model_version],
                 [ItemMeta(item.label, dict(item.attributes)) for item in items],
                 view.index_overrides(),
                 remaining,
@@ -82,5 +95,8 @@ class GenerationWriter:
         for view in views:
             if view.index_name in done:
                 continue
-            delete_routed(self._pool, self._shards, self._metadata, view, ids, remaining)
+            building = view.view_dba_pass != 0 and view.view_dba_pass == view.dba_pending_pass
+            delete_routed(
+                self._pool, self._shards, self._metadata, view, ids, remaining, tombstone=building
+            )
             done.add(view.index_name)

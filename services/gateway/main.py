@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import grpc
+import redis
 
 from services.common.config import (
     ObjectStoreConfig,
@@ -21,12 +22,14 @@ from services.common.config import (
 from services.common.errors import ConfigError, UnavailableError
 from services.common.grpc_client import call
 from services.common.grpc_server import LoadingSlot, serve_forever
+from services.common.lease import RedisLease
 from services.common.logging_setup import configure_logging
 from services.common.metadata import RedisMetadataStore
 from services.common.metrics import ServiceMetrics
 from services.common.objectstore import S3ObjectStore
 from services.gateway.clients import GrpcEmbedder, GrpcShard, GrpcVerifier
 from services.gateway.core import GatewayCore, GatewaySettings, Services
+from services.gateway.dba import DatabaseAugmenter, DbaSettings
 from services.gateway.reembed import Reembedder, ReembedSettings
 from services.gateway.reembed_store import RedisReembedStore
 from services.gateway.reshard import ReshardSettings
@@ -142,12 +145,28 @@ def build_reembedder(config: GatewayConfig, core: GatewayCore) -> Reembedder:
     )
 
 
+def build_augmenter(config: GatewayConfig, core: GatewayCore) -> DatabaseAugmenter:
+    client = redis.Redis.from_url(config.redis_url, decode_responses=True, socket_timeout=10)
+    return DatabaseAugmenter(
+        core.services.shards,  # type: ignore[arg-type]  # the gRPC shards implement both ports
+        core.services.metadata,
+        RedisLease(client, "dba:{}:lease", "augmentation lease"),
+        DbaSettings(
+            lease_s=config.reembed_lease_s,
+            timeout_s=max(config.default_timeout_s, 60.0),
+            drop_grace_s=config.default_timeout_s,
+        ),
+    )
+
+
 def add_gateway(
     server: grpc.Server,
     slot: LoadingSlot[GatewayCore],
     reembed_slot: LoadingSlot[Reembedder] | None = None,
+    augment_slot: LoadingSlot[DatabaseAugmenter] | None = None,
 ) -> list[str]:
-    gateway_pb2_grpc.add_GatewayServicer_to_server(GatewayServicer(slot, reembed_slot), server)
+    servicer = GatewayServicer(slot, reembed_slot, augment_slot)
+    gateway_pb2_grpc.add_GatewayServicer_to_server(servicer, server)
     return [gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name]
 
 
@@ -157,16 +176,18 @@ def main() -> None:
     metrics = ServiceMetrics("gateway")
     slot: LoadingSlot[GatewayCore] = LoadingSlot("the gateway")
     reembed_slot: LoadingSlot[Reembedder] = LoadingSlot("the re-embed job runner")
+    augment_slot: LoadingSlot[DatabaseAugmenter] = LoadingSlot("the augmentation pass runner")
 
     def load() -> None:
         core = build_core(config)
         reembed_slot.set(build_reembedder(config, core))
+        augment_slot.set(build_augmenter(config, core))
         slot.set(core)
 
     serve_forever(
         config.server,
         metrics,
-        lambda server: add_gateway(server, slot, reembed_slot),
+        lambda server: add_gateway(server, slot, reembed_slot, augment_slot),
         load=load,
     )
 

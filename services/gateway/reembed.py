@@ -30,9 +30,7 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -44,7 +42,8 @@ from services.common.errors import (
     UnavailableError,
 )
 from services.common.index_types import ItemMeta
-from services.common.metadata import CollectionConfig, ImageMeta, index_name
+from services.common.lease import held
+from services.common.metadata import CollectionConfig, ImageMeta, dba_index_name, index_name
 from services.common.model_registry import check_version
 from services.gateway.core import Services
 from services.gateway.generations import GenerationWriter
@@ -112,31 +111,9 @@ class Reembedder:
         if max_images_per_s < 0:
             raise InvalidArgumentError("max_images_per_s must be >= 0 (0 = unlimited)")
         grace = self._settings.default_drop_grace_s if drop_grace_s < 0 else drop_grace_s
-        owner = uuid.uuid4().hex
-        wait_s = self._store.lease.acquire(collection, owner, self._settings.lease_s)
-        if wait_s > 0:
-            raise FailedPreconditionError(
-                f"a re-embed of {collection!r} is running elsewhere (its lease expires in "
-                f"{wait_s:.0f} s if that job died); try again then"
-            )
-        stop = threading.Event()
-        heartbeat = threading.Thread(
-            target=self._heartbeat, args=(collection, owner, stop), daemon=True
-        )
-        heartbeat.start()
-        try:
+        job = f"a re-embed of {collection!r}"
+        with held(self._store.lease, collection, self._settings.lease_s, job):
             yield from self._run(collection, model_version, batch_size, max_images_per_s, grace)
-        finally:
-            stop.set()
-            self._store.lease.release(collection, owner)
-
-    def _heartbeat(self, collection: str, owner: str, stop: threading.Event) -> None:
-        while not stop.wait(self._settings.lease_s / 3):
-            try:
-                if not self._store.lease.renew(collection, owner, self._settings.lease_s):
-                    log.warning("re-embed lease lost", extra={"fields": {"c": collection}})
-            except UnavailableError:
-                log.warning("re-embed lease renewal failed", exc_info=True)
 
     def _config(self, collection: str) -> CollectionConfig:
         config = self._s.metadata.get_collection(collection)
@@ -311,6 +288,9 @@ class Reembedder:
                 generation=generation,
                 pending_model_version="",
                 pending_generation=0,
+                # The DBA copies augment the old generation's vectors (services/gateway/dba.py).
+                dba_pass=0,
+                dba_pending_pass=0,
             )
             if self._s.metadata.update_collection(config, switched):
                 log.info(
@@ -324,7 +304,11 @@ class Reembedder:
         """After the switch: waits out requests that read the old config, drops it."""
         if grace > 0:
             time.sleep(grace)
-        self._drop(index_name(collection, state.old_generation))
+        old = index_name(collection, state.old_generation)
+        self._drop(old)
+        passes = self._config(collection).dba_last_pass
+        for dba_pass in range(1, passes + 1):
+            self._drop(dba_index_name(old, dba_pass))
         self._store.clear(collection)
         batches = math.ceil(state.total / state.batch_size)
         yield ReembedProgress(

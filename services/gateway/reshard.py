@@ -336,6 +336,10 @@ class Resharder:
             config.name,
             lambda c: c.target_shards == 0 and not c.pending_model_version,
             target_shards=shards,
+            # A DBA copy is laid out for the old shards and the copier does not move it:
+            # searches use the collection's own vectors until the next augmentation pass.
+            dba_pass=0,
+            dba_pending_pass=0,
         )
         log.info(
             "reshard window open",

@@ -91,15 +91,17 @@ def delete_routed(
     config: CollectionConfig,
     ids: list[str],
     remaining: Callable[[], float],
+    tombstone: bool = False,
 ) -> None:
-    """Deletes ids from every shard that may hold them (tombstones on the new layout's)."""
+    """Deletes ids from every shard that may hold them (tombstones on the new layout's, or
+    on all of them with `tombstone`)."""
     layout = Layout.of(config)
     for _ in range(MAX_ROUNDS):
         plain: dict[int, list[str]] = defaultdict(list)
         tombstoned: dict[int, list[str]] = defaultdict(list)
         for image_id in ids:
-            for shard, tombstone in layout.delete_shards(image_id):
-                (tombstoned if tombstone else plain)[shard].append(image_id)
+            for shard, leave_tombstone in layout.delete_shards(image_id):
+                (tombstoned if tombstone or leave_tombstone else plain)[shard].append(image_id)
         futures = [
             pool.submit(shards[shard].delete, config.index_name, shard_ids, remaining())
             for shard, shard_ids in plain.items()

@@ -19,6 +19,7 @@ from services.common.proto_convert import (
 )
 from services.gateway import query_expansion as qe
 from services.gateway.core import GatewayCore
+from services.gateway.dba import DatabaseAugmenter
 from services.gateway.ports import IngestItem, SearchQuery
 from services.gateway.reembed import Reembedder
 from services.gateway.reshard import ReshardStatus
@@ -37,6 +38,10 @@ def _collection_proto(config: CollectionConfig) -> gateway_pb2.Collection:
         target_shards=config.target_shards,
         generation=config.generation,
         pending_model_version=config.pending_model_version,
+        dba_top_n=config.dba_top_n,
+        dba_alpha=config.dba_alpha,
+        dba_pass=config.dba_pass,
+        dba_pending_pass=config.dba_pending_pass,
         texture_features=config.texture_features,
         query_expansion=gateway_pb2.QueryExpansion(
             top_n=config.qe_top_n, alpha=config.qe_alpha, verified=config.qe_verified
@@ -80,10 +85,14 @@ def _keypoint_bytes(keypoints: np.ndarray | None) -> bytes:
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     def __init__(
-        self, slot: LoadingSlot[GatewayCore], reembed: LoadingSlot[Reembedder] | None = None
+        self,
+        slot: LoadingSlot[GatewayCore],
+        reembed: LoadingSlot[Reembedder] | None = None,
+        augment: LoadingSlot[DatabaseAugmenter] | None = None,
     ) -> None:
         self._slot = slot
         self._reembed = reembed
+        self._augment = augment
 
     def CreateCollection(
         self, request: gateway_pb2.CreateCollectionRequest, context: grpc.ServicerContext
@@ -238,6 +247,33 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                     batches_total=p.batches_total,
                     batches_done=p.batches_done,
                     batches_skipped=p.batches_skipped,
+                )
+        except VisearchError as exc:  # the error interceptor handles unary calls only
+            context.abort(grpc.StatusCode[exc.status], exc.message)
+
+    def AugmentDatabase(
+        self, request: gateway_pb2.AugmentDatabaseRequest, context: grpc.ServicerContext
+    ) -> Iterator[gateway_pb2.AugmentDatabaseProgress]:
+        """Streams one pass's progress; a cancelled stream stops it between pages (the copy
+        that served before keeps serving)."""
+        try:
+            if self._augment is None:
+                raise FailedPreconditionError("this gateway runs no augmentation passes")
+            self._slot.get().collection(request.collection)
+            job = self._augment.get().run(
+                request.collection,
+                request.top_n,
+                request.alpha if request.HasField("alpha") else qe.DEFAULT_ALPHA,
+                request.page_size,
+                request.drop_grace_seconds,
+            )
+            for p in job:
+                yield gateway_pb2.AugmentDatabaseProgress(
+                    collection=p.collection,
+                    phase=p.phase,
+                    dba_pass=p.dba_pass,
+                    total=p.total,
+                    done=p.done,
                 )
         except VisearchError as exc:  # the error interceptor handles unary calls only
             context.abort(grpc.StatusCode[exc.status], exc.message)

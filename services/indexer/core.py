@@ -42,14 +42,16 @@ T = TypeVar("T")
 MAX_ENDED_RUNS = 64
 
 
-# The shards also hold re-embedded generations of a collection as "<name>@<generation>".
-INDEX_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}(@[0-9]{1,9})?$")
+# The shards also hold re-embedded generations of a collection as "<name>@<generation>",
+# and database-side augmented copies of one as "<name>[@<generation>]~<pass>".
+INDEX_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}(@[0-9]{1,9})?(~[0-9]{1,9})?$")
 
 
 def check_index_name(name: str) -> None:
     if not INDEX_NAME.match(name):
         raise InvalidArgumentError(
-            f"index name {name!r} must be a collection name, optionally followed by @<generation>"
+            f"index name {name!r} must be a collection name, optionally followed by "
+            "@<generation> and then ~<augmentation pass>"
         )
 
 

@@ -1,10 +1,10 @@
 """Build the models: ``python -m services.models.build --out models``.
 
 Produces ``<out>/global/<version>/model.onnx`` and ``manifest.json`` for every global recipe
-(:data:`services.models.recipes.RECIPES`: MobileNetV2-GeM and EfficientNet-Lite2-GeM), then
-the DELF-style local model ``<out>/local/<version>/`` (``services.models.delf_build``).
-Idempotent and quick when up to date (it runs at every set-up): torch is imported only when a
-build is needed.
+(:data:`services.models.recipes.RECIPES`: MobileNetV2-GeM, EfficientNet-Lite2-GeM and the
+multi-scale MobileNetV2-GeM), then the DELF-style local model ``<out>/local/<version>/``
+(``services.models.delf_build``). Idempotent and quick when up to date (it runs at every
+set-up): torch is imported only when a build is needed.
 """
 
 from __future__ import annotations
@@ -38,11 +38,16 @@ def version_for(input_size: tuple[int, int], recipe: GlobalRecipe = DEFAULT_RECI
     return recipe.version_for(input_size)
 
 
-def up_to_date(model_dir: Path, version: str, input_size: tuple[int, int]) -> dict[str, Any] | None:
+def up_to_date(
+    model_dir: Path,
+    version: str,
+    input_size: tuple[int, int],
+    extra_scales: tuple[tuple[int, int], ...] = (),
+) -> dict[str, Any] | None:
     """Return the manifest if ``model_dir`` holds a complete build of this recipe, else None.
 
-    Complete: the manifest parses, names this version and input size, and its sha256 equals
-    the sha256 of ``model.onnx``.
+    Complete: the manifest parses, names this version, input size and extra scales, and its
+    sha256 equals the sha256 of ``model.onnx``.
     """
     manifest_path = model_dir / MANIFEST_FILENAME
     onnx_path = model_dir / MODEL_FILENAME
@@ -55,6 +60,8 @@ def up_to_date(model_dir: Path, version: str, input_size: tuple[int, int]) -> di
     if not isinstance(manifest, dict):
         return None
     if manifest.get("version") != version or manifest.get("input_size") != list(input_size):
+        return None
+    if manifest.get("extra_scales", []) != [list(size) for size in extra_scales]:
         return None
     if manifest.get("sha256") != sha256_file(onnx_path):
         return None
@@ -76,7 +83,8 @@ def build(
     size = recipe.input_size if input_size is None else (int(input_size[0]), int(input_size[1]))
     version = recipe.version_for(size)
     model_dir = out / "global" / version
-    if not force and (manifest := up_to_date(model_dir, version, size)) is not None:
+    fresh = up_to_date(model_dir, version, size, recipe.extra_scales)
+    if not force and (manifest := fresh) is not None:
         return model_dir, manifest, False
     from services.models.export import export_global_model  # imports torch: only when needed
 

@@ -69,7 +69,7 @@ def export_onnx(model: DelfLocalModel, path: Path) -> None:
 
     axes = {0: "batch", 2: "height", 3: "width"}
     dynamic = {INPUT_NAME: axes, OUTPUTS[0]: axes, OUTPUTS[1]: axes}
-    export_torchscript(model, (1, 3, 224, 320), path, list(OUTPUTS), dynamic, OPSET)
+    export_torchscript(model, [(1, 3, 224, 320)], path, list(OUTPUTS), dynamic, opset=OPSET)
 
 
 def onnx_runner(path: Path) -> ScaleRunner:

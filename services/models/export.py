@@ -13,8 +13,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from services.common.model_registry import sha256_file
-from services.models.global_model import EMBEDDING_DIMS, GlobalEmbeddingModel
+from services.common.model_registry import scale_input_name, sha256_file
+from services.models.global_model import (
+    EMBEDDING_DIMS,
+    GlobalEmbeddingModel,
+    MultiScaleEmbedding,
+)
 from services.models.recipes import IMAGENET_MEAN, IMAGENET_STD, GlobalRecipe
 from services.models.weights import ensure_weights
 
@@ -29,31 +33,39 @@ class ExportError(RuntimeError):
 
 
 def export_onnx(
-    model: nn.Module, path: Path, input_size: tuple[int, int], opset: int = OPSET
+    model: nn.Module,
+    path: Path,
+    input_size: tuple[int, int],
+    opset: int = OPSET,
+    extra_scales: tuple[tuple[int, int], ...] = (),
 ) -> None:
     """Write ``model`` as ONNX: input ``images`` [N,3,H,W] float32 → ``embeddings`` [N,D] float32.
 
-    The batch axis is dynamic; H and W are fixed to ``input_size``. Uses the TorchScript
-    exporter (``dynamo=False``): it needs no onnxscript and gives a single self-contained file.
+    The batch axis is dynamic; H and W are fixed to ``input_size``. ``extra_scales``: ``model``
+    is a :class:`MultiScaleEmbedding` that also takes the images at each of these sizes, as
+    inputs named by :func:`scale_input_name`. Uses the TorchScript exporter (``dynamo=False``):
+    it needs no onnxscript and gives a single self-contained file.
     """
-    h, w = input_size
     batch_axis = {0: "batch"}
-    export_torchscript(
-        model, (1, 3, h, w), path, [OUTPUT_NAME], {INPUT_NAME: batch_axis, OUTPUT_NAME: batch_axis}
-    )
+    sizes = [input_size, *extra_scales]
+    names = [INPUT_NAME] + [scale_input_name(INPUT_NAME, size) for size in extra_scales]
+    axes = {name: batch_axis for name in [*names, OUTPUT_NAME]}
+    export_torchscript(model, [(1, 3, h, w) for h, w in sizes], path, [OUTPUT_NAME], axes, names)
 
 
 def export_torchscript(
     model: nn.Module,
-    example_shape: tuple[int, int, int, int],
+    example_shapes: list[tuple[int, int, int, int]],
     path: Path,
     output_names: list[str],
     dynamic_axes: dict[str, dict[int, str]],
+    input_names: list[str] | None = None,
     opset: int = OPSET,
 ) -> None:
-    """``torch.onnx.export`` of ``model`` on a zero [N,3,H,W] float32 ``images`` example, with the
-    TorchScript exporter, constant folding and the named dynamic axes."""
-    dummy = torch.zeros(*example_shape, dtype=torch.float32)
+    """``torch.onnx.export`` of ``model`` on zero float32 examples of ``example_shapes`` (one per
+    input, default name ``images``), with the TorchScript exporter, constant folding and the
+    named dynamic axes."""
+    dummies = tuple(torch.zeros(*shape, dtype=torch.float32) for shape in example_shapes)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore", DeprecationWarning)
         # Shapes read in Python (e.g. TF "SAME" padding) become constants: H and W are fixed.
@@ -61,9 +73,9 @@ def export_torchscript(
         warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
         torch.onnx.export(
             model.eval(),
-            (dummy,),
+            dummies,
             str(path),
-            input_names=[INPUT_NAME],
+            input_names=input_names or [INPUT_NAME],
             output_names=output_names,
             dynamic_axes=dynamic_axes,
             opset_version=opset,
@@ -117,10 +129,12 @@ def verify_onnx(
     dims: int = EMBEDDING_DIMS,
     mean: tuple[float, float, float] = IMAGENET_MEAN,
     std: tuple[float, float, float] = IMAGENET_STD,
+    extra_scales: tuple[tuple[int, int], ...] = (),
 ) -> float:
     """Compare ONNX Runtime (CPU) with torch on random and photo-like batches (sizes 2 and 3).
 
     The photo-like batch is normalised with ``mean``/``std`` (the model's own preprocessing).
+    A multi-scale model (``extra_scales``) gets each batch bilinearly resized to those sizes.
 
     Returns the max abs difference of the embeddings; raises :class:`ExportError` above ``atol``
     or when the outputs are not [N, dims] float32 with unit norm.
@@ -138,9 +152,16 @@ def verify_onnx(
     ]
     worst = 0.0
     for x in batches:
-        (got,) = session.run([OUTPUT_NAME], {INPUT_NAME: x})
+        inputs = [torch.from_numpy(x)]
+        for size in extra_scales:
+            inputs.append(nn.functional.interpolate(inputs[0], size=size, mode="bilinear"))
+        feeds = {INPUT_NAME: x} | {
+            scale_input_name(INPUT_NAME, size): scaled.numpy()
+            for size, scaled in zip(extra_scales, inputs[1:], strict=True)
+        }
+        (got,) = session.run([OUTPUT_NAME], feeds)
         with torch.no_grad():
-            want = model.eval()(torch.from_numpy(x)).numpy()
+            want = model.eval()(*inputs).numpy()
         if got.shape != (x.shape[0], dims) or got.dtype != np.float32:
             raise ExportError(f"unexpected ONNX output {got.shape} {got.dtype}")
         if not np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-4):
@@ -174,6 +195,7 @@ def make_manifest(
             "scale": 1.0 / 255.0,
             "layout": "NCHW",
         },
+        "extra_scales": [[int(h), int(w)] for h, w in recipe.extra_scales],
         "opset": OPSET,
         "architecture": recipe.architecture,
         "weights_sha256": recipe.weights.sha256,
@@ -203,12 +225,22 @@ def export_global_model(
     Returns the manifest and the max abs difference ONNX vs torch seen in verification.
     """
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
-    model = GlobalEmbeddingModel.from_recipe(recipe, ensure_weights(recipe.weights, weights_cache))
+    model: nn.Module = GlobalEmbeddingModel.from_recipe(
+        recipe, ensure_weights(recipe.weights, weights_cache)
+    )
+    if recipe.extra_scales:
+        model = MultiScaleEmbedding(model).eval()
     tmp_onnx = onnx_path.with_name(f".{onnx_path.name}.{os.getpid()}.tmp")
     try:
-        export_onnx(model, tmp_onnx, input_size)
+        export_onnx(model, tmp_onnx, input_size, extra_scales=recipe.extra_scales)
         max_diff = verify_onnx(
-            model, tmp_onnx, input_size, dims=recipe.output_dims, mean=recipe.mean, std=recipe.std
+            model,
+            tmp_onnx,
+            input_size,
+            dims=recipe.output_dims,
+            mean=recipe.mean,
+            std=recipe.std,
+            extra_scales=recipe.extra_scales,
         )
         manifest_path.unlink(missing_ok=True)  # never leave a manifest describing another file
         os.replace(tmp_onnx, onnx_path)

@@ -32,7 +32,14 @@ ARCHITECTURES: dict[str, Callable[[str | os.PathLike[str] | None], nn.Module]] =
     ARCH_EFFICIENTNET_LITE2: load_efficientnet_lite2,
 }
 
-__all__ = ["ARCHITECTURES", "EMBEDDING_DIMS", "GEM_P", "GeM", "GlobalEmbeddingModel"]
+__all__ = [
+    "ARCHITECTURES",
+    "EMBEDDING_DIMS",
+    "GEM_P",
+    "GeM",
+    "GlobalEmbeddingModel",
+    "MultiScaleEmbedding",
+]
 
 
 def load_backbone(architecture: str, weights_path: str | os.PathLike[str] | None) -> nn.Module:
@@ -103,3 +110,19 @@ class GlobalEmbeddingModel(nn.Module):
         """[N,3,H,W] float32 (normalised) → [N,1280] float32, unit L2 norm per row."""
         fmap = self.backbone.forward_features(images)
         return nn.functional.normalize(self.pool(fmap), p=2.0, dim=1, eps=1e-12)
+
+
+class MultiScaleEmbedding(nn.Module):
+    """A global model applied to the same images at several sizes: the L2-normalised sum of
+    its (L2-normalised) embeddings, so every scale weighs the same."""
+
+    def __init__(self, model: GlobalEmbeddingModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *images: torch.Tensor) -> torch.Tensor:
+        """images: one float32 [N,3,H_i,W_i] per scale, the same N images → float32 [N,D]."""
+        total = self.model(images[0])
+        for scaled in images[1:]:
+            total = total + self.model(scaled)
+        return nn.functional.normalize(total, p=2.0, dim=1, eps=1e-12)

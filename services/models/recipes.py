@@ -37,6 +37,9 @@ class GlobalRecipe:
     std: tuple[float, float, float]
     gem_p: float = GEM_P
     output_dims: int = 1280
+    # Multi-scale: smaller (H, W) sizes embedded beside input_size (the largest); the
+    # embedding is the L2-normalised sum of the per-size embeddings. () = one scale.
+    extra_scales: tuple[tuple[int, int], ...] = ()
 
     def version_for(self, input_size: tuple[int, int] | None = None) -> str:
         """The base version at the default size, else suffixed with ``-HxW``."""
@@ -69,7 +72,22 @@ EFFICIENTNET_LITE2_GEM = GlobalRecipe(
     mean=HALF_MEAN,
     std=HALF_STD,
 )
-RECIPES: dict[str, GlobalRecipe] = {r.name: r for r in (MOBILENETV2_GEM, EFFICIENTNET_LITE2_GEM)}
+MOBILENETV2_GEM_MULTISCALE = GlobalRecipe(
+    name="mobilenetv2-gem-ms",
+    base_version="mobilenetv2-gem-ms-v1",
+    architecture=ARCH_MOBILENET_V2,
+    weights=MOBILENET_V2,
+    # The default's 288 between 1/sqrt(2) and sqrt(2) of it (the usual multi-scale
+    # descriptor's ratios); measured against the single-scale models by
+    # bench/global_backbones.py (bench/results/global_backbones.json).
+    input_size=(408, 408),
+    extra_scales=((288, 288), (204, 204)),
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+)
+RECIPES: dict[str, GlobalRecipe] = {
+    r.name: r for r in (MOBILENETV2_GEM, EFFICIENTNET_LITE2_GEM, MOBILENETV2_GEM_MULTISCALE)
+}
 
 
 def recipe_for_manifest(manifest: dict[str, Any]) -> GlobalRecipe | None:
@@ -84,6 +102,7 @@ def recipe_for_manifest(manifest: dict[str, Any]) -> GlobalRecipe | None:
         if (
             recipe.weights.sha256 == manifest.get("weights_sha256")
             and recipe.architecture == architecture
+            and manifest.get("name", recipe.name) == recipe.name
         ):
             return recipe
     return None

@@ -21,6 +21,11 @@ def check_backbone(manifest: ModelManifest) -> GlobalRecipe:
             f"backbone {manifest.version} is not an ImageNet backbone + GeM this trainer "
             "rebuilds in torch; train on a model built by `python -m services.models.build`"
         )
+    if recipe.extra_scales:
+        raise ExportError(
+            f"backbone {manifest.version} embeds at several scales; the trainer fine-tunes "
+            "single-scale backbones: train on one (e.g. mobilenetv2-gem-v1)"
+        )
     if float(pooling.get("p", recipe.gem_p)) != recipe.gem_p:
         raise ExportError(
             f"backbone {manifest.version} uses GeM p={pooling.get('p')}, not {recipe.gem_p}"

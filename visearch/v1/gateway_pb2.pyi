@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Collection(_message.Message):
-    __slots__ = ("name", "model_version", "shards", "default_rerank", "local_feature_type", "rerank_depth", "index_params", "texture_features", "query_expansion", "target_shards", "generation", "pending_model_version")
+    __slots__ = ("name", "model_version", "shards", "default_rerank", "local_feature_type", "rerank_depth", "index_params", "texture_features", "query_expansion", "target_shards", "generation", "pending_model_version", "dba_top_n", "dba_alpha", "dba_pass", "dba_pending_pass")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     SHARDS_FIELD_NUMBER: _ClassVar[int]
@@ -21,6 +21,10 @@ class Collection(_message.Message):
     TARGET_SHARDS_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     PENDING_MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DBA_TOP_N_FIELD_NUMBER: _ClassVar[int]
+    DBA_ALPHA_FIELD_NUMBER: _ClassVar[int]
+    DBA_PASS_FIELD_NUMBER: _ClassVar[int]
+    DBA_PENDING_PASS_FIELD_NUMBER: _ClassVar[int]
     name: str
     model_version: str
     shards: int
@@ -33,7 +37,11 @@ class Collection(_message.Message):
     target_shards: int
     generation: int
     pending_model_version: str
-    def __init__(self, name: _Optional[str] = ..., model_version: _Optional[str] = ..., shards: _Optional[int] = ..., default_rerank: _Optional[_Union[_common_pb2.RerankMode, str]] = ..., local_feature_type: _Optional[str] = ..., rerank_depth: _Optional[int] = ..., index_params: _Optional[_Union[_common_pb2.IndexParams, _Mapping]] = ..., texture_features: _Optional[bool] = ..., query_expansion: _Optional[_Union[QueryExpansion, _Mapping]] = ..., target_shards: _Optional[int] = ..., generation: _Optional[int] = ..., pending_model_version: _Optional[str] = ...) -> None: ...
+    dba_top_n: int
+    dba_alpha: float
+    dba_pass: int
+    dba_pending_pass: int
+    def __init__(self, name: _Optional[str] = ..., model_version: _Optional[str] = ..., shards: _Optional[int] = ..., default_rerank: _Optional[_Union[_common_pb2.RerankMode, str]] = ..., local_feature_type: _Optional[str] = ..., rerank_depth: _Optional[int] = ..., index_params: _Optional[_Union[_common_pb2.IndexParams, _Mapping]] = ..., texture_features: _Optional[bool] = ..., query_expansion: _Optional[_Union[QueryExpansion, _Mapping]] = ..., target_shards: _Optional[int] = ..., generation: _Optional[int] = ..., pending_model_version: _Optional[str] = ..., dba_top_n: _Optional[int] = ..., dba_alpha: _Optional[float] = ..., dba_pass: _Optional[int] = ..., dba_pending_pass: _Optional[int] = ...) -> None: ...
 
 class CreateCollectionRequest(_message.Message):
     __slots__ = ("name", "default_rerank", "local_feature_type", "rerank_depth", "index_params", "texture_features", "query_expansion", "model_version")
@@ -314,6 +322,34 @@ class ReembedProgress(_message.Message):
     batches_done: int
     batches_skipped: int
     def __init__(self, collection: _Optional[str] = ..., model_version: _Optional[str] = ..., previous_model_version: _Optional[str] = ..., phase: _Optional[str] = ..., generation: _Optional[int] = ..., total: _Optional[int] = ..., done: _Optional[int] = ..., batches_total: _Optional[int] = ..., batches_done: _Optional[int] = ..., batches_skipped: _Optional[int] = ...) -> None: ...
+
+class AugmentDatabaseRequest(_message.Message):
+    __slots__ = ("collection", "top_n", "alpha", "page_size", "drop_grace_seconds")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    TOP_N_FIELD_NUMBER: _ClassVar[int]
+    ALPHA_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    DROP_GRACE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    top_n: int
+    alpha: float
+    page_size: int
+    drop_grace_seconds: float
+    def __init__(self, collection: _Optional[str] = ..., top_n: _Optional[int] = ..., alpha: _Optional[float] = ..., page_size: _Optional[int] = ..., drop_grace_seconds: _Optional[float] = ...) -> None: ...
+
+class AugmentDatabaseProgress(_message.Message):
+    __slots__ = ("collection", "phase", "dba_pass", "total", "done")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    DBA_PASS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    phase: str
+    dba_pass: int
+    total: int
+    done: int
+    def __init__(self, collection: _Optional[str] = ..., phase: _Optional[str] = ..., dba_pass: _Optional[int] = ..., total: _Optional[int] = ..., done: _Optional[int] = ...) -> None: ...
 
 class ReshardRequest(_message.Message):
     __slots__ = ("collection", "shards")

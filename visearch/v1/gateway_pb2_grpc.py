@@ -85,6 +85,11 @@ class GatewayStub:
                 request_serializer=visearch_dot_v1_dot_gateway__pb2.GetRequest.SerializeToString,
                 response_deserializer=visearch_dot_v1_dot_gateway__pb2.ImageData.FromString,
                 _registered_method=True)
+        self.AugmentDatabase = channel.unary_stream(
+                '/visearch.v1.Gateway/AugmentDatabase',
+                request_serializer=visearch_dot_v1_dot_gateway__pb2.AugmentDatabaseRequest.SerializeToString,
+                response_deserializer=visearch_dot_v1_dot_gateway__pb2.AugmentDatabaseProgress.FromString,
+                _registered_method=True)
 
 
 class GatewayServicer:
@@ -158,6 +163,14 @@ class GatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AugmentDatabase(self, request, context):
+        """Database-side augmentation: one pass that replaces, for searching, every stored vector
+        by its alpha query expansion with its nearest stored neighbours (top_n 0 turns it off).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -210,6 +223,11 @@ def add_GatewayServicer_to_server(servicer, server):
                     servicer.GetImage,
                     request_deserializer=visearch_dot_v1_dot_gateway__pb2.GetRequest.FromString,
                     response_serializer=visearch_dot_v1_dot_gateway__pb2.ImageData.SerializeToString,
+            ),
+            'AugmentDatabase': grpc.unary_stream_rpc_method_handler(
+                    servicer.AugmentDatabase,
+                    request_deserializer=visearch_dot_v1_dot_gateway__pb2.AugmentDatabaseRequest.FromString,
+                    response_serializer=visearch_dot_v1_dot_gateway__pb2.AugmentDatabaseProgress.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -483,6 +501,33 @@ class Gateway:
             '/visearch.v1.Gateway/GetImage',
             visearch_dot_v1_dot_gateway__pb2.GetRequest.SerializeToString,
             visearch_dot_v1_dot_gateway__pb2.ImageData.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AugmentDatabase(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/visearch.v1.Gateway/AugmentDatabase',
+            visearch_dot_v1_dot_gateway__pb2.AugmentDatabaseRequest.SerializeToString,
+            visearch_dot_v1_dot_gateway__pb2.AugmentDatabaseProgress.FromString,
             options,
             channel_credentials,
             insecure,

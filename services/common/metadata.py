@@ -55,6 +55,7 @@ class CollectionConfig:
     dba_pass: int = 0
     dba_pending_pass: int = 0
     dba_last_pass: int = 0  # passes ever started: the next one is numbered above it
+    dba_dropped_through: int = 0  # every copy numbered up to this one is dropped
     # Views only (never stored non-zero): the DBA copy a view names (index_name gets ~N).
     view_dba_pass: int = 0
 

@@ -153,6 +153,7 @@ class DatabaseAugmenter:
         if not self._metadata.update_collection(config, off):
             raise UnavailableError(f"collection {collection!r} changed meanwhile; run it again")
         self._drop_copies(config, keep=0)
+        self._mark_dropped(collection, config.dba_last_pass)
         return DbaProgress(collection, "off", 0)
 
     def _pass(
@@ -175,6 +176,7 @@ class DatabaseAugmenter:
             dba_alpha=alpha,
             dba_pending_pass=dba_pass,
             dba_last_pass=dba_pass,
+            dba_dropped_through=config.dba_pass - 1 if config.dba_pass else config.dba_last_pass,
         )
         if not self._metadata.update_collection(config, building):
             raise UnavailableError(f"collection {collection!r} changed meanwhile; run it again")
@@ -223,6 +225,7 @@ class DatabaseAugmenter:
             if grace > 0:
                 time.sleep(grace)  # searches that read the old config finish
             self._drop(config.dba_view(config.dba_pass).index_name)
+        self._mark_dropped(collection, dba_pass - 1)
         yield replace(progress, phase="done")
 
     def _neighbours(
@@ -265,10 +268,22 @@ class DatabaseAugmenter:
         raise UnavailableError(f"collection {collection!r} kept changing; run the pass again")
 
     def _drop_copies(self, config: CollectionConfig, keep: int) -> None:
-        """Drops every copy of the current generation's passes but `keep` (0: all)."""
-        for dba_pass in range(1, config.dba_last_pass + 1):
+        """Drops the current generation's copies not dropped yet, but `keep` (0: all)."""
+        for dba_pass in range(config.dba_dropped_through + 1, config.dba_last_pass + 1):
             if dba_pass != keep:
                 self._drop(config.dba_view(dba_pass).index_name)
+
+    def _mark_dropped(self, collection: str, through: int) -> None:
+        """Records that every copy numbered up to `through` is dropped (never lowers it)."""
+        for _ in range(10):
+            config = self._config(collection)
+            if config.dba_dropped_through >= through:
+                return
+            if self._metadata.update_collection(
+                config, replace(config, dba_dropped_through=through)
+            ):
+                return
+        log.warning("dba: could not record dropped copies", extra={"fields": {"c": collection}})
 
     def _drop(self, namespace: str) -> None:
         self._each(range(len(self._shards)), lambda s: self._shards[s].drop(namespace, self._rpc()))

@@ -306,8 +306,8 @@ class Reembedder:
             time.sleep(grace)
         old = index_name(collection, state.old_generation)
         self._drop(old)
-        passes = self._config(collection).dba_last_pass
-        for dba_pass in range(1, passes + 1):
+        config = self._config(collection)  # the old generation's DBA copies, if any
+        for dba_pass in range(config.dba_dropped_through + 1, config.dba_last_pass + 1):
             self._drop(dba_index_name(old, dba_pass))
         self._store.clear(collection)
         batches = math.ceil(state.total / state.batch_size)

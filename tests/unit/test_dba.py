@@ -147,7 +147,8 @@ def test_writes_during_a_pass_are_neither_lost_nor_undone(cluster):
     assert hits[0].id == rewritten and deleted not in {hit.id for hit in hits}
     shards[0].copy_if_absent = original
     list(job.run("c", TOP_N, ALPHA))
-    assert core.collection("c").dba_pass == 2
+    config = core.collection("c")
+    assert (config.dba_pass, config.dba_last_pass, config.dba_dropped_through) == (2, 2, 1)
     assert_matches_brute_force(shards, "c~2")
     assert held(shards, "c~1") == {}  # the replaced copy is dropped
 

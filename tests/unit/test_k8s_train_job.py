@@ -72,3 +72,23 @@ def test_retrain_cronjob_trains_only_on_new_images_and_applies_through_the_gatew
     assert env["VISEARCH_GATEWAY"] == f"{gateway['metadata']['name']}:{port}"
     _, job_container_ = job_container()
     assert container["image"] == job_container_["image"]
+
+
+def test_dba_cronjob_starts_a_pass_through_the_gateway_with_options_the_cli_accepts() -> None:
+    from typer.testing import CliRunner
+
+    from visearch.cli import app
+
+    (cron,) = load_docs(K8S / "jobs" / "dba-cronjob.yaml")
+    assert cron["kind"] == "CronJob" and cron["spec"]["concurrencyPolicy"] == "Forbid"
+    (container,) = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["visearch", "dba"]  # the image's console script
+    env = {e["name"]: e["value"] for e in container["env"]}
+    (gateway,) = [d for d in load_docs(K8S / "base" / "gateway.yaml") if d["kind"] == "Service"]
+    port = gateway["spec"]["ports"][0]["port"]
+    assert env["VISEARCH_GATEWAY"] == f"{gateway['metadata']['name']}:{port}"
+    # the options parse (an unknown one exits 2 before any connection is tried)
+    result = CliRunner().invoke(app, ["dba", *container["args"], "--help"])
+    assert result.exit_code == 0, result.output
+    bad = CliRunner().invoke(app, ["dba", *container["args"], "--no-such-option"])
+    assert bad.exit_code == 2

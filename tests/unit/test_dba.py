@@ -14,9 +14,10 @@ from services.common.metadata import InMemoryMetadataStore
 from services.common.objectstore import InMemoryObjectStore
 from services.gateway.core import GatewayCore, GatewaySettings, Services
 from services.gateway.dba import DatabaseAugmenter, DbaSettings
-from services.gateway.ports import IngestItem, SearchQuery, ShardHit
+from services.gateway.ports import IngestItem, SearchQuery
 from services.gateway.reembed import Reembedder, ReembedSettings
 from services.gateway.reembed_store import InMemoryReembedStore
+from tests.unit.test_gateway_core import InProcessShard as GatewayShard
 from tests.unit.test_gateway_core import PixelEmbedder, ReverseVerifier
 from tests.unit.test_reshard import InProcessShard as ReshardShard
 
@@ -26,14 +27,8 @@ TOP_N, ALPHA = 3, 3.0
 class Shard(ReshardShard):
     """Every port the gateway and the pass use, over a real shard core."""
 
-    def search(self, collection, queries, k, search_filter, timeout, vectors_for_top=0):
-        results, _ = self.core.search(collection, queries, k, search_filter)
-        out = []
-        for neighbours in results:
-            top = self.core.vectors(collection, [n.id for n in neighbours[:vectors_for_top]])
-            top += [None] * (len(neighbours) - len(top))
-            out.append([ShardHit(n.id, n.score, v) for n, v in zip(neighbours, top, strict=True)])
-        return out
+    delay_s, broken = 0.0, False
+    search = GatewayShard.search  # with the vectors of the best hits, as the indexer answers
 
     def drop(self, collection, timeout):
         return self.core.drop(collection)

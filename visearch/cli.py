@@ -199,6 +199,8 @@ def _result_json(query: str, result: SearchResult) -> str:
             ],
             "partial": result.partial,
             "missing_shards": result.missing_shards,
+            "rerank_degraded": result.rerank_degraded,
+            "rerank_degraded_reason": result.rerank_degraded_reason,
             "timings_ms": result.timings_ms,
         }
     )
@@ -219,6 +221,8 @@ def _print_table(query: str, result: SearchResult) -> None:
     out.print(table)
     if result.partial:
         out.print(f"[yellow]partial: shards {result.missing_shards} did not answer[/]")
+    if result.rerank_degraded:
+        out.print(f"[yellow]{result.rerank_degraded_reason}[/]")
     out.print({k: round(v, 1) for k, v in result.timings_ms.items()})
 
 
@@ -344,7 +348,9 @@ def get(
 @app.command(name="create-collection")
 def create_collection(
     collection: Collection,
-    rerank: Annotated[str, typer.Option(help="Default re-rank mode.")] = "none",
+    rerank: Annotated[
+        str, typer.Option(help="Default re-rank mode: none, geometric, texture (empty = none).")
+    ] = "",
     rerank_depth: Annotated[int, typer.Option(help="Candidates re-ranked (0 = 50).")] = 0,
     exact_threshold: Annotated[int, typer.Option(help="Exact search below this (0 = auto).")] = 0,
     num_leaves: Annotated[int, typer.Option(help="ScaNN leaves (0 = auto).")] = 0,
@@ -377,7 +383,10 @@ def create_collection(
     gateway: Gateway = "",
     state_dir: StateDir = localstack.DEFAULT_STATE_DIR,
 ) -> None:
-    """Create a collection with its defaults and index settings (ingest creates one too)."""
+    """Create a collection with its defaults and index settings (ingest creates one too).
+
+    Again on an existing collection: its settings when those given match, else ALREADY_EXISTS.
+    """
     index = IndexOverrides(exact_threshold, num_leaves, leaves_to_search, reorder)
     with VisearchClient(_gateway(gateway, state_dir)) as client:
         try:

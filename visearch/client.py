@@ -21,6 +21,7 @@ import numpy as np
 
 from services.common.config import DEFAULT_MAX_IMAGE_BYTES, GRPC_MESSAGE_OVERHEAD_BYTES
 from services.common.errors import (  # noqa: F401 - re-exported for callers
+    AlreadyExistsError,
     DeadlineExceededError,
     InvalidArgumentError,
     NotFoundError,
@@ -86,6 +87,9 @@ class SearchResult:
     missing_shards: list[int]
     timings_ms: dict[str, float]
     model_version: str
+    # The re-rank failed (verifier down or too slow): hits in the global order, and why.
+    rerank_degraded: bool = False
+    rerank_degraded_reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -292,7 +296,7 @@ class VisearchClient:
         self,
         name: str,
         *,
-        default_rerank: str = "none",
+        default_rerank: str = "",
         local_feature_type: str = "",
         rerank_depth: int = 0,
         index: IndexOverrides = NO_OVERRIDES,
@@ -301,7 +305,11 @@ class VisearchClient:
         model_version: str = "",
         timeout_s: float | None = None,
     ) -> CollectionInfo:
-        """Creates a collection (or returns the existing one of that name).
+        """Creates a collection. On an existing name it returns that collection when every
+        setting given here (non-empty, non-zero; query_expansion when not None) matches it,
+        else raises AlreadyExistsError naming the differences.
+
+        default_rerank: "none" (the default when empty), "geometric" or "texture".
 
         model_version: the global model it is embedded with (empty = the gateway's default).
         index: per-collection index settings (exact threshold, ScaNN leaves, re-order);
@@ -311,6 +319,11 @@ class VisearchClient:
         query_expansion: what searches that set none use; None = the gateway's default (off
         unless the gateway is configured otherwise; see docs/query_expansion.md).
         """
+        if default_rerank not in RERANK_MODES_BY_NAME:
+            raise InvalidArgumentError(
+                "default_rerank must be one of none, geometric, texture (or empty), "
+                f"got {default_rerank!r}"
+            )
         request = gateway_pb2.CreateCollectionRequest(
             name=name,
             default_rerank=RERANK_MODES_BY_NAME[default_rerank],
@@ -413,6 +426,8 @@ class VisearchClient:
             missing_shards=list(response.missing_shards),
             timings_ms=dict(response.timings_ms),
             model_version=response.model_version,
+            rerank_degraded=response.rerank_degraded,
+            rerank_degraded_reason=response.rerank_degraded_reason,
         )
 
     def delete(

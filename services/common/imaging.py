@@ -73,7 +73,14 @@ def decode_rgb(data: bytes, limits: ImageLimits) -> np.ndarray:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ResourceExhaustedError(f"image rejected as a decompression bomb: {exc}") from exc
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except UnidentifiedImageError as exc:
         raise InvalidArgumentError(
-            f"image bytes cannot be decoded ({len(data)} bytes): {exc}"
+            f"image bytes cannot be decoded ({len(data)} bytes): not a known image format; "
+            f"send one of {', '.join(sorted(ACCEPTED_FORMATS))}"
+        ) from exc
+    except (OSError, ValueError, SyntaxError) as exc:
+        # PIL's messages can name its internal objects (reprs with addresses): keep the type.
+        raise InvalidArgumentError(
+            f"image bytes cannot be decoded ({len(data)} bytes): the file is truncated or "
+            f"corrupt ({type(exc).__name__})"
         ) from exc

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import TimeoutError as FutureTimeoutError
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 import numpy as np
 
 from services.common.errors import (
+    AlreadyExistsError,
     DeadlineExceededError,
     FailedPreconditionError,
+    InternalError,
     InvalidArgumentError,
     NotFoundError,
     ResourceExhaustedError,
@@ -53,6 +57,8 @@ from services.gateway.reshard import Resharder, ReshardSettings
 from services.gateway.reshard_store import InMemoryReshardStore, ReshardStore
 from services.gateway.routing import latest_layout, upsert_routed
 from services.indexer.core import check_collection_name
+
+log = logging.getLogger(__name__)
 
 ResultT = TypeVar("ResultT")
 
@@ -147,6 +153,24 @@ class GatewayCore:
         (GatewaySettings.default_query_expansion; docs/query_expansion.md says when it helps).
         model_version: the global model; empty = the gateway's default, else probed with the
         embedder (NOT_FOUND when it has no such version)."""
+        asked = {
+            "model_version": model_version,
+            "default_rerank": default_rerank,
+            "local_feature_type": feature_type,
+            "rerank_depth": rerank_depth,
+            "exact_threshold": index.exact_threshold,
+            "num_leaves": index.num_leaves,
+            "leaves_to_search": index.leaves_to_search,
+            "reorder": index.reorder,
+            "texture_features": texture_features,
+        }
+        exact: dict[str, object] = {}  # compared even where empty or zero
+        if query_expansion is not None:
+            exact = {
+                "qe_top_n": query_expansion.top_n,
+                "qe_alpha": query_expansion.alpha,
+                "qe_verified": query_expansion.verified,
+            }
         if query_expansion is None:
             query_expansion = self._settings.default_query_expansion
         check_collection_name(name)
@@ -185,6 +209,7 @@ class GatewayCore:
         if not self._s.metadata.create_collection(config):
             existing = self._s.metadata.get_collection(name)
             assert existing is not None
+            _check_same_settings(existing, asked, exact)
             return existing
         return config
 
@@ -281,6 +306,7 @@ class GatewayCore:
 
     def _image_bytes(self, data: bytes, object_key: str, what: str) -> bytes:
         if object_key:
+            validation.check_object_key(object_key, what)
             try:
                 data = self._s.store.get(object_key)
             except NotFoundError as exc:
@@ -396,12 +422,16 @@ class GatewayCore:
             Hit(hit.id, hit.score, meta.label, meta.attributes, hit.score, 0, "global", meta.sha256)
             for hit, meta in live
         ]
+        degraded = ""
         if local_future is not None and hits:
-            query_features = local_future.result(timeout=deadline.remaining())
-            t0 = time.perf_counter()
-            hits = self._rerank(query_features[0], hits, deadline, query.return_matches)
-            timings["rerank"] = _ms_since(t0)
-            if verified_qe:
+            try:
+                query_features = local_future.result(timeout=deadline.remaining())
+                t0 = time.perf_counter()
+                hits = self._rerank(query_features[0], hits, deadline, query.return_matches)
+                timings["rerank"] = _ms_since(t0)
+            except RERANK_FAILURES as exc:
+                degraded = _degraded_reason("geometric", exc)
+            if verified_qe and not degraded:
                 t0 = time.perf_counter()
                 hits, missed = self._verified_expanded(
                     index_view, embedded.vectors[0], hits, merged, k, query.search_filter, deadline
@@ -415,10 +445,13 @@ class GatewayCore:
                 missing = sorted(set(missing) | set(missed))
                 timings["index_verified"] = _ms_since(t0)
         if texture_future is not None and hits:
-            texture = texture_future.result(timeout=deadline.remaining())
-            t0 = time.perf_counter()
-            hits = self._rerank_texture(texture, sha256_hex(image), hits, deadline)
-            timings["rerank"] = _ms_since(t0)
+            try:
+                texture = texture_future.result(timeout=deadline.remaining())
+                t0 = time.perf_counter()
+                hits = self._rerank_texture(texture, sha256_hex(image), hits, deadline)
+                timings["rerank"] = _ms_since(t0)
+            except RERANK_FAILURES as exc:
+                degraded = _degraded_reason("texture", exc)
         timings["total"] = _ms_since(started)
         return SearchOutcome(
             hits=hits[:k],
@@ -426,6 +459,8 @@ class GatewayCore:
             missing_shards=missing,
             timings_ms=timings,
             model_version=config.model_version,
+            rerank_degraded=bool(degraded),
+            rerank_degraded_reason=degraded,
         )
 
     def _extract_query_features(
@@ -591,8 +626,11 @@ class GatewayCore:
         for future, shard in futures.items():
             if future in done and future.exception() is None:
                 answered.extend(future.result()[0])
-            else:
-                missing.append(shard)
+                continue
+            error = future.exception() if future in done else None
+            if isinstance(error, InvalidArgumentError | FailedPreconditionError):
+                raise error  # the request is wrong, not the shard: a retry would fail the same
+            missing.append(shard)
         if len(missing) == len(futures):
             raise UnavailableError(
                 f"no shard answered within the deadline (shards {missing})", retryable=False
@@ -678,6 +716,40 @@ class GatewayCore:
             except VisearchError:
                 infos.append(None)
         return config, self._s.metadata.count_images(collection), infos
+
+
+# A re-rank (or its query features) that fails this way leaves the global order, flagged.
+RERANK_FAILURES = (
+    UnavailableError,
+    DeadlineExceededError,
+    ResourceExhaustedError,
+    InternalError,
+    FutureTimeoutError,
+)
+
+
+def _degraded_reason(mode: str, exc: BaseException) -> str:
+    detail = exc.message if isinstance(exc, VisearchError) else "no answer within the deadline"
+    log.warning("re-rank degraded", extra={"fields": {"mode": mode, "error": detail}})
+    return f"{mode} re-rank failed, global order returned: {detail}"
+
+
+def _check_same_settings(
+    existing: CollectionConfig, asked: dict[str, object], exact: dict[str, object]
+) -> None:
+    """A create of an existing collection is idempotent only if every setting it names
+    (`asked`: the non-empty, non-zero ones; `exact`: all) equals the collection's."""
+    named = {k: v for k, v in asked.items() if v not in ("", 0, False)} | exact
+    differ = [
+        f"{field} is {getattr(existing, field)!r}, asked {value!r}"
+        for field, value in named.items()
+        if getattr(existing, field) != value
+    ]
+    if differ:
+        raise AlreadyExistsError(
+            f"collection {existing.name!r} exists with other settings ({'; '.join(differ)}); "
+            "create it under another name, or re-embed / reshard it to change those"
+        )
 
 
 def _expansion_for(

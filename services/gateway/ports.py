@@ -192,3 +192,6 @@ class SearchOutcome:
     missing_shards: list[int]
     timings_ms: dict[str, float]
     model_version: str
+    # The re-rank (or its query features) failed: `hits` are in the global order.
+    rerank_degraded: bool = False
+    rerank_degraded_reason: str = ""

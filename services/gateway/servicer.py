@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import grpc
 import numpy as np
 
-from services.common.errors import FailedPreconditionError, VisearchError
+from services.common.errors import FailedPreconditionError, InvalidArgumentError, VisearchError
 from services.common.grpc_server import LoadingSlot
 from services.common.index_types import SearchFilter
 from services.common.metadata import CollectionConfig
@@ -47,6 +47,16 @@ def _collection_proto(config: CollectionConfig) -> gateway_pb2.Collection:
             top_n=config.qe_top_n, alpha=config.qe_alpha, verified=config.qe_verified
         ),
     )
+
+
+def _rerank_mode(value: int, field: str) -> str:
+    """The mode name of a RerankMode enum value; INVALID_ARGUMENT for a value the API lacks."""
+    if value not in RERANK_MODE_NAMES:
+        names = ", ".join(
+            f"{v} ({n or 'unspecified'})" for v, n in sorted(RERANK_MODE_NAMES.items())
+        )
+        raise InvalidArgumentError(f"{field} {value} is not a RerankMode; use one of {names}")
+    return RERANK_MODE_NAMES[value]
 
 
 def query_expansion_from_proto(message: gateway_pb2.QueryExpansion) -> qe.QueryExpansion:
@@ -99,7 +109,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     ) -> gateway_pb2.Collection:
         config = self._slot.get().create_collection(
             request.name,
-            RERANK_MODE_NAMES[request.default_rerank],
+            _rerank_mode(request.default_rerank, "default_rerank"),
             request.local_feature_type,
             request.rerank_depth,
             index_params_from_proto(request.index_params),
@@ -144,7 +154,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             image=request.image.data,
             object_key=request.image.object_key,
             k=request.k,
-            rerank=RERANK_MODE_NAMES.get(request.rerank, "?"),
+            rerank=_rerank_mode(request.rerank, "rerank"),
             require_complete=request.require_complete,
             search_filter=SearchFilter(request.filter.label, dict(request.filter.attributes)),
             return_matches=request.return_matches,
@@ -176,6 +186,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             missing_shards=outcome.missing_shards,
             timings_ms=outcome.timings_ms,
             model_version=outcome.model_version,
+            rerank_degraded=outcome.rerank_degraded,
+            rerank_degraded_reason=outcome.rerank_degraded_reason,
         )
 
     def Delete(

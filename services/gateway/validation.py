@@ -17,6 +17,25 @@ MAX_ATTRIBUTE_CHARS = 1024
 MAX_K = 1000
 DEFAULT_K = 10
 RERANK_MODES = ("none", "geometric", "texture")
+MAX_OBJECT_KEY_CHARS = 1024
+# "<bucket>/<key>": S3 bucket names, then path segments of printable characters.
+OBJECT_KEY_PATTERN = re.compile(r"^[a-z0-9][a-z0-9.-]{1,62}/[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$")
+
+
+def check_object_key(key: str, what: str) -> None:
+    """An object-store key a client names: "<bucket>/<key>", printable, no "." or ".."
+    segment (a path that leaves its folder) and no empty segment."""
+    segments = key.split("/")
+    if (
+        len(key) > MAX_OBJECT_KEY_CHARS
+        or not OBJECT_KEY_PATTERN.match(key)
+        or any(segment in ("", ".", "..") for segment in segments)
+        or "\\" in key
+    ):
+        raise InvalidArgumentError(
+            f"{what}: object key {key!r} is invalid: use '<bucket>/<key>' of printable "
+            f"characters, at most {MAX_OBJECT_KEY_CHARS}, with no empty, '.' or '..' segment"
+        )
 
 
 def check_id(image_id: str) -> None:

@@ -116,6 +116,8 @@ class Shard:
         self.exact_threshold = exact_threshold
         self._wal = wal
         self._snapshots = snapshots
+        # False until recover() ran: a durable shard must not answer from a partial index.
+        self.loaded = wal is None
         self._collections: dict[str, _Collection] = {}
         self._lock = threading.Lock()
         # Ids deleted during a reshard, per collection: an only-if-absent upsert (a reshard
@@ -395,6 +397,7 @@ class Shard:
     def recover(self) -> RecoveryReport:
         """Loads each logged collection's latest snapshot, then replays the log after it."""
         if self._wal is None:
+            self.loaded = True
             return RecoveryReport(0, 0, 0)
         names = self._wal.collections()
         from_snapshots = replayed = 0
@@ -436,6 +439,7 @@ class Shard:
                 entry.applied_seq = wal_entry.seq
                 entry.wal_lag_entries += 1
         report = RecoveryReport(len(names), from_snapshots, replayed)
+        self.loaded = True
         log.info("recovered", extra={"fields": report.__dict__})
         return report
 

@@ -7,7 +7,11 @@ import time
 
 import grpc
 
-from services.common.errors import FailedPreconditionError, InvalidArgumentError
+from services.common.errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    UnavailableError,
+)
 from services.common.index_types import IndexOverrides, ItemMeta, SearchFilter
 from services.common.metrics import ServiceMetrics
 from services.common.proto_convert import metadata_to_proto, vectors_from_proto, vectors_to_proto
@@ -40,6 +44,13 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
             ("shard", "collection"),
         )
 
+    def _check_loaded(self) -> None:
+        if not self._shard.loaded:
+            raise UnavailableError(
+                f"shard {self._shard.shard_id} is still loading its snapshots and write-ahead "
+                "log; retry shortly (a search counts this shard as missing meanwhile)"
+            )
+
     def record_all(self) -> None:
         """Refreshes the per-collection gauges (after periodic snapshots)."""
         for stats in self._shard.stats():
@@ -56,6 +67,7 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
     def Upsert(
         self, request: indexer_pb2.UpsertRequest, context: grpc.ServicerContext
     ) -> indexer_pb2.UpsertResponse:
+        self._check_loaded()
         vectors = vectors_from_proto(request.vectors)
         if len(request.ids) != len(vectors):
             raise InvalidArgumentError(f"{len(request.ids)} ids but {len(vectors)} vectors")
@@ -90,6 +102,7 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
     def Delete(
         self, request: indexer_pb2.IndexDeleteRequest, context: grpc.ServicerContext
     ) -> indexer_pb2.IndexDeleteResponse:
+        self._check_loaded()
         deleted, size = self._shard.delete(
             request.collection, list(request.ids), tombstone=request.tombstone
         )
@@ -100,6 +113,7 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
     def Search(
         self, request: indexer_pb2.IndexSearchRequest, context: grpc.ServicerContext
     ) -> indexer_pb2.IndexSearchResponse:
+        self._check_loaded()
         queries = vectors_from_proto(request.queries)
         if len(queries) == 0:
             raise InvalidArgumentError("search needs at least one query vector")
@@ -139,6 +153,7 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
     def Stats(
         self, request: indexer_pb2.IndexStatsRequest, context: grpc.ServicerContext
     ) -> indexer_pb2.IndexStatsResponse:
+        self._check_loaded()
         return indexer_pb2.IndexStatsResponse(
             shard=self._shard.shard_id,
             collections=[
@@ -157,6 +172,7 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
     def Fetch(
         self, request: indexer_pb2.FetchRequest, context: grpc.ServicerContext
     ) -> indexer_pb2.FetchResponse:
+        self._check_loaded()
         page = self._shard.fetch(
             request.collection,
             request.page_token,
@@ -176,6 +192,7 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
     def ClearTombstones(
         self, request: indexer_pb2.ClearTombstonesRequest, context: grpc.ServicerContext
     ) -> indexer_pb2.ClearTombstonesResponse:
+        self._check_loaded()
         return indexer_pb2.ClearTombstonesResponse(
             cleared=self._shard.clear_tombstones(request.collection)
         )
@@ -183,12 +200,14 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
     def SetCopyFence(
         self, request: indexer_pb2.SetCopyFenceRequest, context: grpc.ServicerContext
     ) -> indexer_pb2.SetCopyFenceResponse:
+        self._check_loaded()
         previous = self._shard.set_copy_fence(request.collection, request.run_id)
         return indexer_pb2.SetCopyFenceResponse(previous_run_id=previous)
 
     def DropCollection(
         self, request: indexer_pb2.DropCollectionRequest, context: grpc.ServicerContext
     ) -> indexer_pb2.DropCollectionResponse:
+        self._check_loaded()
         dropped = self._shard.drop(request.collection)
         for gauge in (self._size, self._wal_lag, self._snapshot_time):
             with contextlib.suppress(KeyError):
@@ -198,6 +217,7 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
     def Snapshot(
         self, request: indexer_pb2.SnapshotRequest, context: grpc.ServicerContext
     ) -> indexer_pb2.SnapshotResponse:
+        self._check_loaded()
         if not self._shard.durable:
             raise FailedPreconditionError(
                 f"shard {self._shard.shard_id} runs without a write-ahead log and snapshot store "

@@ -104,3 +104,34 @@ def test_metadata_survives_snapshot_and_replay():
     tagged, _ = restarted.search("c", unit(rng, 1), 10, SearchFilter("", {"k": "v"}))
     assert [n.id for n in tagged[0]] == ["y"]
     assert restarted._collections["c"].index.exact_threshold == 7
+
+
+def test_a_durable_shard_refuses_data_rpcs_until_it_has_recovered():
+    """A restarted shard must not answer from a half-loaded index (issue 12): its servicer says
+    UNAVAILABLE, which the gateway counts as a missing shard, until recover() finished."""
+    from services.common.errors import UnavailableError
+    from services.common.metrics import ServiceMetrics
+    from services.common.proto_convert import vectors_to_proto
+    from services.indexer.servicer import IndexerServicer
+    from visearch.v1 import indexer_pb2
+
+    wal, snapshots = InMemoryWriteAheadLog(), InMemorySnapshotStore()
+    first = Shard(0, 100, wal, snapshots)
+    first.recover()
+    first.upsert("c", ["a", "b"], unit(np.random.default_rng(0), 2))
+    restarted = Shard(0, 100, wal, snapshots)
+    servicer = IndexerServicer(restarted, ServiceMetrics("indexer-loading-test"))
+    request = indexer_pb2.IndexSearchRequest(
+        collection="c", queries=vectors_to_proto(unit(np.random.default_rng(1), 1)), k=5
+    )
+    for call, message in (
+        (servicer.Search, request),
+        (servicer.Stats, indexer_pb2.IndexStatsRequest(collection="c")),
+        (servicer.Fetch, indexer_pb2.FetchRequest(collection="c", limit=10)),
+    ):
+        with pytest.raises(UnavailableError, match="still loading"):
+            call(message, None)
+    restarted.recover()
+    (result,) = servicer.Search(request, None).results
+    assert len(result.neighbors) == 2
+    assert Shard(1, 100).loaded  # nothing to recover without a log

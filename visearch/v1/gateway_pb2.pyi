@@ -178,7 +178,7 @@ class SearchHit(_message.Message):
     def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., label: _Optional[str] = ..., attributes: _Optional[_Mapping[str, str]] = ..., global_score: _Optional[float] = ..., inliers: _Optional[int] = ..., reason: _Optional[str] = ..., sha256: _Optional[str] = ..., matches: _Optional[int] = ..., inlier_ratio: _Optional[float] = ..., predicted_label: _Optional[str] = ..., label_margin: _Optional[float] = ..., inlier_keypoints: _Optional[bytes] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
-    __slots__ = ("hits", "partial", "missing_shards", "timings_ms", "model_version")
+    __slots__ = ("hits", "partial", "missing_shards", "timings_ms", "model_version", "rerank_degraded", "rerank_degraded_reason")
     class TimingsMsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -191,12 +191,16 @@ class SearchResponse(_message.Message):
     MISSING_SHARDS_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_MS_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    RERANK_DEGRADED_FIELD_NUMBER: _ClassVar[int]
+    RERANK_DEGRADED_REASON_FIELD_NUMBER: _ClassVar[int]
     hits: _containers.RepeatedCompositeFieldContainer[SearchHit]
     partial: bool
     missing_shards: _containers.RepeatedScalarFieldContainer[int]
     timings_ms: _containers.ScalarMap[str, float]
     model_version: str
-    def __init__(self, hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ..., partial: _Optional[bool] = ..., missing_shards: _Optional[_Iterable[int]] = ..., timings_ms: _Optional[_Mapping[str, float]] = ..., model_version: _Optional[str] = ...) -> None: ...
+    rerank_degraded: bool
+    rerank_degraded_reason: str
+    def __init__(self, hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ..., partial: _Optional[bool] = ..., missing_shards: _Optional[_Iterable[int]] = ..., timings_ms: _Optional[_Mapping[str, float]] = ..., model_version: _Optional[str] = ..., rerank_degraded: _Optional[bool] = ..., rerank_degraded_reason: _Optional[str] = ...) -> None: ...
 
 class DeleteRequest(_message.Message):
     __slots__ = ("collection", "ids")

@@ -10,7 +10,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -31,6 +31,7 @@ from visearch import (
 from visearch import show as show_results
 from visearch.client import QueryExpansion, SearchResult, VisearchClient
 from visearch.jobs import ingest_entries, search_entries
+from visearch.keys_cli import keys_app
 from visearch.reshard_cli import reshard as reshard_command
 from visearch.training_cli import train as train_command
 
@@ -60,6 +61,15 @@ def _gateway(gateway: str, state_dir: Path) -> str:
     return state.gateway
 
 
+def _client(gateway: str, state_dir: Path, **kwargs: Any) -> VisearchClient:
+    """A client of `gateway` (or of the local stack's), over TLS when the stack serves TLS
+    or VISEARCH_GATEWAY_TLS_CA (_CERT, _KEY) name certificates."""
+    tls = localstack.gateway_tls(gateway, state_dir)
+    # The local stack's bootstrap key unless VISEARCH_API_KEY is set (None: the client's).
+    kwargs.setdefault("api_key", localstack.gateway_api_key(gateway, state_dir))
+    return VisearchClient(_gateway(gateway, state_dir), tls=tls, **kwargs)
+
+
 def _progress() -> Progress:
     return Progress(
         "[progress.description]{task.description}",
@@ -86,17 +96,38 @@ def up(
     indexers: Annotated[
         int, typer.Option(help="Indexer processes, >= --shards (spares to reshard onto).")
     ] = 0,
+    tls: Annotated[
+        bool,
+        typer.Option(
+            "--tls", help="TLS on every gRPC hop, mutual TLS inside; a local CA in STATE/tls."
+        ),
+    ] = False,
+    appendfsync: Annotated[
+        str,
+        typer.Option(
+            help="Valkey's fsync policy: everysec (default; VISEARCH_VALKEY_APPENDFSYNC) "
+            "or always (fsync before every acknowledgement)."
+        ),
+    ] = "",
 ) -> None:
     """Start Valkey, SeaweedFS S3 and the services; return when all are SERVING."""
-    current = localstack.status(state_dir)
-    if current.get("running"):
-        out.print(f"Already running: gateway at {current['gateway']} ({state_dir})")
-        return
-    if current.get("services"):
-        localstack.down(state_dir)
+    if localstack.StackState.load(state_dir.resolve()) is not None:
+        # Dead processes come back on their old ports; a new stack only if that fails.
+        try:
+            current, restarted = localstack.repair(state_dir)
+        except localstack.StackError as exc:
+            console.print(f"[yellow]Could not restart the old stack ({exc}); starting anew.[/]")
+            localstack.down(state_dir)
+        else:
+            if restarted:
+                out.print(f"Restarted on their old ports: {', '.join(restarted)}")
+            out.print(f"Already running: gateway at {current.gateway} ({state_dir})")
+            return
     started = time.perf_counter()
     try:
-        state = localstack.up(state_dir, shards, models, indexers=indexers)
+        state = localstack.up(
+            state_dir, shards, models, indexers=indexers, tls=tls, appendfsync=appendfsync
+        )
     except localstack.StackError as exc:
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(1) from exc
@@ -106,7 +137,14 @@ def up(
     for process in state.processes:
         where = f" at {process.address}" if process.address else ""
         out.print(f"  {process.name:<12} pid {process.pid}{where}")
-    out.print(f"Gateway: {state.gateway}   S3: {state.s3_endpoint}   Redis: {state.redis_url}")
+    redis_url = localstack.redact_url(state.redis_url)
+    out.print(f"Gateway: {state.gateway}   S3: {state.s3_endpoint}   Redis: {redis_url}")
+    out.print(
+        f"Auth: API keys required; the CLI uses the admin key in {state.state_dir}/"
+        f"{localstack.SECRETS_FILE} unless VISEARCH_API_KEY is set"
+    )
+    if state.tls_dir:
+        out.print(f"TLS: CA {state.tls_dir}/ca.pem, client certificate {state.tls_dir}/client.pem")
 
 
 @app.command()
@@ -114,6 +152,25 @@ def down(state_dir: StateDir = localstack.DEFAULT_STATE_DIR) -> None:
     """Stop the local stack (its data stays in the state folder)."""
     stopped = localstack.down(state_dir)
     out.print("stopped" if stopped else f"no stack running from {state_dir}")
+
+
+@app.command()
+def restart(
+    name: Annotated[str, typer.Argument(help="Process: gateway, embedder, indexer-0, valkey ...")],
+    state_dir: StateDir = localstack.DEFAULT_STATE_DIR,
+    timeout_s: Annotated[float, typer.Option(help="Seconds to wait until it is healthy.")] = 120.0,
+) -> None:
+    """Restart one process of the local stack on its old ports; return when it is healthy."""
+    started = time.perf_counter()
+    try:
+        info = localstack.restart(state_dir, name, timeout_s)
+    except localstack.StackError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from exc
+    where = f" at {info.address}" if info.address else ""
+    out.print(
+        f"{info.name} restarted{where} (pid {info.pid}) in {time.perf_counter() - started:.1f}s"
+    )
 
 
 @app.command()
@@ -126,17 +183,22 @@ def status(
     if as_json:
         out.print_json(json.dumps(report))
     else:
-        table = Table("service", "pid", "alive", "serving", "address", "metrics")
+        table = Table("service", "pid", "alive", "serving", "restarts", "address", "metrics")
         for s in report.get("services", []):  # type: ignore[union-attr]
             table.add_row(
                 s["name"],
                 str(s["pid"]),
                 str(s["alive"]),
                 str(s.get("serving", "")),
+                str(s.get("restarts", 0)),
                 s.get("address", ""),
                 s.get("metrics", ""),
             )
         out.print(table)
+        supervisor = report.get("supervisor")
+        if isinstance(supervisor, dict):
+            alive = "running" if supervisor["alive"] else "[red]not running[/]"
+            out.print(f"supervisor: {alive} (pid {supervisor['pid']}; log in logs/supervisor.log)")
     if not report.get("running"):
         raise typer.Exit(1)
 
@@ -162,7 +224,7 @@ def ingest(
         if directory
         else datasets.from_manifest(manifest)  # type: ignore[arg-type]
     )
-    with VisearchClient(_gateway(gateway, state_dir)) as client, _progress() as progress:
+    with _client(gateway, state_dir) as client, _progress() as progress:
         task = progress.add_task("ingest", total=len(entries))
         try:
             rate = ingest_entries(
@@ -278,7 +340,7 @@ def search(
         if manifest
         else [datasets.ImageEntry(str(image), image, "")]  # type: ignore[arg-type]
     )
-    with VisearchClient(_gateway(gateway, state_dir)) as client, _progress() as progress:
+    with _client(gateway, state_dir) as client, _progress() as progress:
         task = progress.add_task("search", total=len(entries))
         try:
             results = search_entries(
@@ -321,7 +383,7 @@ def delete(
     state_dir: StateDir = localstack.DEFAULT_STATE_DIR,
 ) -> None:
     """Delete ids from a collection."""
-    with VisearchClient(_gateway(gateway, state_dir)) as client:
+    with _client(gateway, state_dir) as client:
         try:
             deleted, not_found = client.delete(collection, ids)
         except VisearchError as exc:
@@ -337,7 +399,7 @@ def get(
     state_dir: StateDir = localstack.DEFAULT_STATE_DIR,
 ) -> None:
     """Show one image's metadata."""
-    with VisearchClient(_gateway(gateway, state_dir)) as client:
+    with _client(gateway, state_dir) as client:
         try:
             record = client.get(collection, image_id)
         except VisearchError as exc:
@@ -388,7 +450,7 @@ def create_collection(
     Again on an existing collection: its settings when those given match, else ALREADY_EXISTS.
     """
     index = IndexOverrides(exact_threshold, num_leaves, leaves_to_search, reorder)
-    with VisearchClient(_gateway(gateway, state_dir)) as client:
+    with _client(gateway, state_dir) as client:
         try:
             info = client.create_collection(
                 collection,
@@ -414,7 +476,7 @@ def stats(
     state_dir: StateDir = localstack.DEFAULT_STATE_DIR,
 ) -> None:
     """Show a collection's configuration, size and shards."""
-    with VisearchClient(_gateway(gateway, state_dir)) as client:
+    with _client(gateway, state_dir) as client:
         try:
             report = client.stats(collection)
         except VisearchError as exc:
@@ -440,7 +502,7 @@ def reembed(
 
     Searches keep using the old version until the switch; run it again to resume after a crash.
     """
-    with VisearchClient(_gateway(gateway, state_dir)) as client, _progress() as progress:
+    with _client(gateway, state_dir) as client, _progress() as progress:
         task = progress.add_task(f"re-embed {collection} -> {model}", total=None)
         try:
             for step in client.reembed(
@@ -482,7 +544,7 @@ def dba(
     Each stored vector is combined with its top-n stored neighbours (docs/query_expansion.md says
     when that helps). Run it again after bulk changes; `--top-n 0` turns it off.
     """
-    with VisearchClient(_gateway(gateway, state_dir)) as client, _progress() as progress:
+    with _client(gateway, state_dir) as client, _progress() as progress:
         task = progress.add_task(f"augment {collection}", total=None)
         try:
             for step in client.augment_database(
@@ -619,7 +681,7 @@ def eval_command(
         if train:
             spec = eval_suite.TrainSpec(state_dir, tuple(shlex.split(train_args)), train_force)
         with (
-            VisearchClient(_gateway(gateway, state_dir), timeout_s=120) as client,
+            _client(gateway, state_dir, timeout_s=120) as client,
             _progress() as bar,
         ):
 
@@ -693,7 +755,7 @@ def demo_command(
     entries = datasets.from_directory(samples_dir, label_regex=r"^sample-(.+)$")
     query = demo.rotated_cropped_query(samples_dir / f"sample-{demo.QUERY_SOURCE}.jpg")
     expected = f"sample-{demo.QUERY_SOURCE}"
-    with VisearchClient(_gateway(gateway, state_dir), timeout_s=120) as client:
+    with _client(gateway, state_dir, timeout_s=120) as client:
         try:
             ingest_entries(client, "demo", entries)
             out.print(f"ingested {len(entries)} sample photos into collection 'demo'")
@@ -717,6 +779,7 @@ def demo_command(
 
 app.command(name="train")(train_command)
 app.command(name="reshard")(reshard_command)
+app.add_typer(keys_app, name="keys")
 
 
 if __name__ == "__main__":

@@ -12,13 +12,16 @@ idempotent by id, so it is retried too.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Any
 
 import grpc
 import numpy as np
 
+from services.common.api_keys import API_KEY_ENV
 from services.common.config import DEFAULT_MAX_IMAGE_BYTES, GRPC_MESSAGE_OVERHEAD_BYTES
 from services.common.errors import (  # noqa: F401 - re-exported for callers
     AlreadyExistsError,
@@ -36,6 +39,7 @@ from services.common.proto_convert import (
     RERANK_MODES_BY_NAME,
     index_params_to_proto,
 )
+from services.common.tls import TlsConfig
 from services.gateway.query_expansion import DEFAULT_ALPHA as DEFAULT_QE_ALPHA
 from services.gateway.query_expansion import OFF as QE_OFF
 from services.gateway.query_expansion import QueryExpansion
@@ -260,6 +264,51 @@ def _keypoints(data: bytes) -> np.ndarray | None:
     return np.frombuffer(data, dtype="<f4").reshape(-1, 4).astype(np.float32)
 
 
+@dataclass(frozen=True)
+class ApiKeyInfo:
+    """An API key's record (never its secret): grants are "<role>:<collection>"."""
+
+    id: str
+    name: str
+    grants: list[str]
+    created_at: float
+    revoked_at: float = 0.0
+
+
+def _api_key(message: gateway_pb2.ApiKey) -> ApiKeyInfo:
+    return ApiKeyInfo(
+        message.id, message.name, list(message.grants), message.created_at, message.revoked_at
+    )
+
+
+class _BearerKey(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+    """Adds `authorization: Bearer <key>` to every call."""
+
+    def __init__(self, key: str) -> None:
+        self._entry = ("authorization", f"Bearer {key}")
+
+    def _details(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+        call_details = _CallDetails()
+        for name in ("method", "timeout", "credentials", "wait_for_ready", "compression"):
+            setattr(call_details, name, getattr(details, name, None))
+        call_details.metadata = [*(details.metadata or ()), self._entry]
+        return call_details
+
+    def intercept_unary_unary(
+        self, continuation: Callable[..., Any], client_call_details: Any, request: Any
+    ) -> Any:
+        return continuation(self._details(client_call_details), request)
+
+    def intercept_unary_stream(
+        self, continuation: Callable[..., Any], client_call_details: Any, request: Any
+    ) -> Any:
+        return continuation(self._details(client_call_details), request)
+
+
+class _CallDetails(grpc.ClientCallDetails):
+    """A call's details with the key added to its metadata."""
+
+
 class VisearchClient:
     """Thread-safe; share one per process."""
 
@@ -269,11 +318,29 @@ class VisearchClient:
         *,
         timeout_s: float = 30.0,
         max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+        tls: TlsConfig | None = None,
+        api_key: str | None = None,
     ) -> None:
+        """api_key: sent as `authorization: Bearer <key>` on every call (None: the
+        VISEARCH_API_KEY environment variable; "" or unset: none).
+
+        tls: reach a gateway that serves TLS: `TlsConfig(ca="ca.pem")` verifies it
+        against that CA (the system roots when `ca` is empty); `cert` and `key` add a client
+        certificate (mutual TLS). `TlsConfig.gateway_client_from_env(os.environ)` reads them
+        from VISEARCH_GATEWAY_TLS_CA / _CERT / _KEY / _SERVER_NAME. None: plaintext."""
         self.address = address
         self.timeout_s = timeout_s
-        self._channel = make_channel(address, max_image_bytes + GRPC_MESSAGE_OVERHEAD_BYTES)
-        self._stub = gateway_pb2_grpc.GatewayStub(self._channel)
+        # A server that sheds load answers RESOURCE_EXHAUSTED: retried after its pushback.
+        self._channel = make_channel(
+            address, max_image_bytes + GRPC_MESSAGE_OVERHEAD_BYTES, tls=tls, retry_shed=True
+        )
+        key = os.environ.get(API_KEY_ENV, "") if api_key is None else api_key
+        channel = (
+            grpc.intercept_channel(self._channel, _BearerKey(key.strip()))
+            if key.strip()
+            else self._channel
+        )
+        self._stub = gateway_pb2_grpc.GatewayStub(channel)
 
     def __enter__(self) -> VisearchClient:
         return self
@@ -534,6 +601,24 @@ class VisearchClient:
     def reshard_status(self, collection: str, *, timeout_s: float | None = None) -> ReshardProgress:
         request = gateway_pb2.GetReshardStatusRequest(collection=collection)
         return _reshard(self._call(self._stub.GetReshardStatus, request, timeout_s))  # type: ignore[arg-type]
+
+    def create_api_key(
+        self, name: str, grants: list[str], *, timeout_s: float | None = None
+    ) -> tuple[str, ApiKeyInfo]:
+        """A new key (shown only now: the gateway keeps its hash) with grants such as
+        "read:shoes" or "admin:*"; needs admin:*."""
+        request = gateway_pb2.CreateApiKeyRequest(name=name, grants=grants)
+        r: gateway_pb2.CreatedApiKey = self._call(self._stub.CreateApiKey, request, timeout_s)  # type: ignore[assignment]
+        return r.secret, _api_key(r.key)
+
+    def list_api_keys(self, *, timeout_s: float | None = None) -> list[ApiKeyInfo]:
+        request = gateway_pb2.ListApiKeysRequest()
+        r: gateway_pb2.ListApiKeysResponse = self._call(self._stub.ListApiKeys, request, timeout_s)  # type: ignore[assignment]
+        return [_api_key(k) for k in r.keys]
+
+    def revoke_api_key(self, key_id: str, *, timeout_s: float | None = None) -> ApiKeyInfo:
+        request = gateway_pb2.RevokeApiKeyRequest(id=key_id)
+        return _api_key(self._call(self._stub.RevokeApiKey, request, timeout_s))  # type: ignore[arg-type]
 
     def stats(self, collection: str, *, timeout_s: float | None = None) -> Stats:
         request = gateway_pb2.StatsRequest(collection=collection)

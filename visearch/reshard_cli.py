@@ -50,7 +50,9 @@ def reshard(
             state = localstack.scale_indexers(state_dir, shards)
         gateway = state.gateway
     try:
-        with VisearchClient(gateway, timeout_s=60) as client:
+        tls = localstack.gateway_tls(gateway, state_dir)
+        api_key = localstack.gateway_api_key(gateway, state_dir)
+        with VisearchClient(gateway, timeout_s=60, tls=tls, api_key=api_key) as client:
             status = _start(client, collection, shards)
             if wait:
                 status = _follow(client, collection, status)

@@ -79,8 +79,8 @@ def train(
         raise typer.Exit(2)
     store = S3ObjectStore(
         s3,
-        os.environ.get("VISEARCH_S3_ACCESS_KEY", localstack.S3_ACCESS_KEY),
-        os.environ.get("VISEARCH_S3_SECRET_KEY", localstack.S3_SECRET_KEY),
+        os.environ.get("VISEARCH_S3_ACCESS_KEY") or (state.s3_access_key if state else ""),
+        os.environ.get("VISEARCH_S3_SECRET_KEY") or (state.s3_secret_key if state else ""),
     )
     args = argparse.Namespace(
         collection=collection, dims=dims, epochs=epochs, holdout=holdout, views=views,

@@ -43,7 +43,15 @@ class AbortedError(VisearchError):
 
 
 class ResourceExhaustedError(VisearchError):
+    """Too big (an image over the limits: not retryable) or too busy (load shedding: raised
+    with retryable=True, answered with a positive retry pushback, `retry_after_ms`)."""
+
     status = "RESOURCE_EXHAUSTED"
+
+    def __init__(self, message: str, *, retryable: bool = False, retry_after_ms: int = 0) -> None:
+        super().__init__(message, retryable=retryable)
+        # When retryable: how long the client should wait first (0 = the server's default).
+        self.retry_after_ms = retry_after_ms
 
 
 class UnavailableError(VisearchError):
@@ -56,6 +64,18 @@ class DeadlineExceededError(VisearchError):
 
 class InternalError(VisearchError):
     status = "INTERNAL"
+
+
+class UnauthenticatedError(VisearchError):
+    """No API key, or one that is malformed, unknown or revoked."""
+
+    status = "UNAUTHENTICATED"
+
+
+class PermissionDeniedError(VisearchError):
+    """A valid API key without the role the call needs on its collection."""
+
+    status = "PERMISSION_DENIED"
 
 
 class ConfigError(ValueError):
@@ -74,5 +94,7 @@ ERRORS_BY_STATUS: dict[str, type[VisearchError]] = {
         UnavailableError,
         DeadlineExceededError,
         InternalError,
+        UnauthenticatedError,
+        PermissionDeniedError,
     )
 }

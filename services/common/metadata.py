@@ -2,18 +2,28 @@
 
 Keys: `col:<collection>` JSON string (collection config, created atomically
 with SET NX), `img:<collection>:<id>`
-hash (one image), `ids:<collection>` set (ids, for counting and listing).
+hash (one image), `ids:<collection>` set (ids, for counting and listing), and in the same
+transactions the image bytes each id references (`blobrefs:<sha256>`, erase queue:
+services/common/blob_ledger.py).
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Protocol
 
 import redis
 
+from services.common.blob_ledger import (
+    ERASE_QUEUE_KEY,
+    InMemoryBlobLedger,
+    ref_member,
+    refs_key,
+)
 from services.common.errors import UnavailableError
 from services.common.index_types import IndexOverrides
 
@@ -138,6 +148,10 @@ class MetadataStore(Protocol):
 
     def get_collection(self, name: str) -> CollectionConfig | None: ...
 
+    def list_collections(self) -> list[str]:
+        """Every collection name, sorted."""
+        ...
+
     def update_collection(self, expected: CollectionConfig, new: CollectionConfig) -> bool:
         """Replaces the config with `new` only if it still equals `expected` (one atomic
         compare-and-set); False when it changed meanwhile."""
@@ -145,6 +159,11 @@ class MetadataStore(Protocol):
 
     def put_image(self, collection: str, meta: ImageMeta) -> bool:
         """Writes meta; True when it replaced an existing id."""
+        ...
+
+    def put_images(self, collection: str, metas: list[ImageMeta]) -> list[bool]:
+        """Writes every meta in one transaction (all or none); per meta, whether it
+        replaced an existing id."""
         ...
 
     def get_images(self, collection: str, ids: list[str]) -> list[ImageMeta | None]: ...
@@ -202,6 +221,12 @@ class RedisMetadataStore:
             raise UnavailableError(f"metadata store (Redis): {exc}") from exc
         return config_from_json(raw) if raw else None
 
+    def list_collections(self) -> list[str]:
+        try:
+            return sorted(str(key)[4:] for key in self._redis.scan_iter("col:*", count=1000))
+        except redis.RedisError as exc:
+            raise UnavailableError(f"metadata store (Redis): {exc}") from exc
+
     def update_collection(self, expected: CollectionConfig, new: CollectionConfig) -> bool:
         key = f"col:{expected.name}"
         try:
@@ -221,17 +246,47 @@ class RedisMetadataStore:
         return True
 
     def put_image(self, collection: str, meta: ImageMeta) -> bool:
-        key = f"img:{collection}:{meta.id}"
-        try:
-            with self._redis.pipeline(transaction=True) as pipe:
-                pipe.exists(key)
+        return self.put_images(collection, [meta])[0]
+
+    def put_images(self, collection: str, metas: list[ImageMeta]) -> list[bool]:
+        keys = [f"img:{collection}:{meta.id}" for meta in metas]
+
+        def write(pipe: redis.client.Pipeline, old_shas: list[str | None]) -> None:
+            now = time.time()
+            for key, meta, old_sha in zip(keys, metas, old_shas, strict=True):
+                member = ref_member(collection, meta.id)
                 pipe.delete(key)
                 pipe.hset(key, mapping=_meta_to_hash(meta))
                 pipe.sadd(f"ids:{collection}", meta.id)
-                existed = pipe.execute()[0]
+                pipe.sadd(refs_key(meta.sha256), member)
+                if old_sha and old_sha != meta.sha256:
+                    pipe.srem(refs_key(old_sha), member)
+                    pipe.zadd(ERASE_QUEUE_KEY, {old_sha: now})
+
+        return self._rewrite(keys, write)
+
+    def _rewrite(
+        self, keys: list[str], write: Callable[[redis.client.Pipeline, list[str | None]], None]
+    ) -> list[bool]:
+        """Runs `write` in one transaction that sees each record's current sha256 (None
+        where absent); returns, per key, whether the record existed."""
+        try:
+            with self._redis.pipeline(transaction=True) as pipe:
+                while True:
+                    try:
+                        pipe.watch(*keys)
+                        with self._redis.pipeline(transaction=False) as reader:
+                            for key in keys:
+                                reader.hget(key, "sha256")
+                            old_shas: list[str | None] = reader.execute()
+                        pipe.multi()
+                        write(pipe, old_shas)
+                        pipe.execute()
+                        return [sha is not None for sha in old_shas]
+                    except redis.WatchError:
+                        continue
         except redis.RedisError as exc:
             raise UnavailableError(f"metadata store (Redis): {exc}") from exc
-        return bool(existed)
 
     def get_images(self, collection: str, ids: list[str]) -> list[ImageMeta | None]:
         try:
@@ -244,14 +299,16 @@ class RedisMetadataStore:
         return [_meta_from_hash(row) if row else None for row in rows]
 
     def delete_image(self, collection: str, image_id: str) -> bool:
-        try:
-            with self._redis.pipeline(transaction=True) as pipe:
-                pipe.delete(f"img:{collection}:{image_id}")
-                pipe.srem(f"ids:{collection}", image_id)
-                deleted, _ = pipe.execute()
-        except redis.RedisError as exc:
-            raise UnavailableError(f"metadata store (Redis): {exc}") from exc
-        return bool(deleted)
+        key = f"img:{collection}:{image_id}"
+
+        def write(pipe: redis.client.Pipeline, old_shas: list[str | None]) -> None:
+            pipe.delete(key)
+            pipe.srem(f"ids:{collection}", image_id)
+            if old_shas[0]:
+                pipe.srem(refs_key(old_shas[0]), ref_member(collection, image_id))
+                pipe.zadd(ERASE_QUEUE_KEY, {old_shas[0]: time.time()})
+
+        return self._rewrite([key], write)[0]
 
     def count_images(self, collection: str) -> int:
         try:
@@ -272,7 +329,19 @@ class InMemoryMetadataStore:
     def __init__(self) -> None:
         self._collections: dict[str, CollectionConfig] = {}
         self._images: dict[tuple[str, str], ImageMeta] = {}
+        self._blob_refs: dict[str, set[str]] = {}
+        self._erase_queue: dict[str, float] = {}
+        self._ledger = InMemoryBlobLedger(self._blob_refs, self._erase_queue)
         self._lock = threading.Lock()
+
+    def blob_ledger(self) -> InMemoryBlobLedger:
+        """The erasure ledger over this store's references."""
+        return self._ledger
+
+    def _unreference(self, collection: str, meta: ImageMeta | None) -> None:
+        if meta is not None:
+            self._blob_refs.get(meta.sha256, set()).discard(ref_member(collection, meta.id))
+            self._erase_queue[meta.sha256] = time.time()
 
     def create_collection(self, config: CollectionConfig) -> bool:
         with self._lock:
@@ -285,6 +354,10 @@ class InMemoryMetadataStore:
         with self._lock:
             return self._collections.get(name)
 
+    def list_collections(self) -> list[str]:
+        with self._lock:
+            return sorted(self._collections)
+
     def update_collection(self, expected: CollectionConfig, new: CollectionConfig) -> bool:
         with self._lock:
             if self._collections.get(expected.name) != expected:
@@ -292,11 +365,17 @@ class InMemoryMetadataStore:
             self._collections[expected.name] = new
             return True
 
+    def put_images(self, collection: str, metas: list[ImageMeta]) -> list[bool]:
+        return [self.put_image(collection, meta) for meta in metas]
+
     def put_image(self, collection: str, meta: ImageMeta) -> bool:
         with self._lock:
-            existed = (collection, meta.id) in self._images
+            old = self._images.get((collection, meta.id))
+            if old is not None and old.sha256 != meta.sha256:
+                self._unreference(collection, old)
             self._images[(collection, meta.id)] = meta
-            return existed
+            self._blob_refs.setdefault(meta.sha256, set()).add(ref_member(collection, meta.id))
+            return old is not None
 
     def get_images(self, collection: str, ids: list[str]) -> list[ImageMeta | None]:
         with self._lock:
@@ -304,7 +383,9 @@ class InMemoryMetadataStore:
 
     def delete_image(self, collection: str, image_id: str) -> bool:
         with self._lock:
-            return self._images.pop((collection, image_id), None) is not None
+            old = self._images.pop((collection, image_id), None)
+            self._unreference(collection, old)
+            return old is not None
 
     def count_images(self, collection: str) -> int:
         with self._lock:

@@ -37,6 +37,16 @@ class ServiceMetrics:
             "request_duration_seconds", "RPC latency by method.", ("method",)
         )
         self.ready = self.gauge("ready", "1 when the server reports SERVING.")
+        self.inflight = self.gauge("inflight_requests", "visearch RPCs running now.")
+        self.inflight_limit = self.gauge(
+            "inflight_limit", "visearch RPCs allowed at once now (adapts to deadlines)."
+        )
+        self.shed = self.counter(
+            "shed_requests",
+            "RPCs refused before their handler ran, by method and reason "
+            "(inflight_limit: RESOURCE_EXHAUSTED; deadline: it had already passed).",
+            ("method", "reason"),
+        )
 
     def name(self, thing: str) -> str:
         return f"visearch_{self.service}_{thing}"

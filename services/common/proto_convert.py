@@ -18,14 +18,37 @@ RERANK_MODE_NAMES = {
 RERANK_MODES_BY_NAME = {name: mode for mode, name in RERANK_MODE_NAMES.items()}
 
 
+def vector_to_proto(vector: np.ndarray) -> common_pb2.Vector:
+    """float32 [d] -> a Vector with `packed` set (float32 little-endian bytes)."""
+    return common_pb2.Vector(packed=np.ascontiguousarray(vector, dtype="<f4").tobytes())
+
+
 def vectors_to_proto(vectors: np.ndarray) -> list[common_pb2.Vector]:
-    """vectors: float32 [n, d] -> n Vector messages."""
-    return [common_pb2.Vector(values=row.tolist()) for row in np.asarray(vectors, np.float32)]
+    """float32 [n, d] -> n Vector messages, each with `packed` set (one bytes copy per row;
+    no per-value Python floats)."""
+    matrix = np.ascontiguousarray(vectors, dtype="<f4")
+    if matrix.ndim != 2:
+        raise InvalidArgumentError(f"expected a [n, d] matrix, got shape {matrix.shape}")
+    data = matrix.tobytes()
+    row = matrix.shape[1] * 4
+    return [common_pb2.Vector(packed=data[i * row : (i + 1) * row]) for i in range(len(matrix))]
+
+
+def vector_from_proto(message: common_pb2.Vector) -> np.ndarray:
+    """A Vector -> float32 [d]: `packed` when set, else the old repeated `values` (accepted
+    for one release, from writers that predate `packed`)."""
+    if message.packed:
+        if len(message.packed) % 4:
+            raise InvalidArgumentError(
+                f"a packed vector has {len(message.packed)} bytes, not a multiple of 4"
+            )
+        return np.frombuffer(message.packed, dtype="<f4").astype(np.float32)
+    return np.asarray(message.values, dtype=np.float32)
 
 
 def vectors_from_proto(messages: list[common_pb2.Vector] | object) -> np.ndarray:
-    """Vector messages -> float32 [n, d]; all must share one dimension."""
-    rows = [np.asarray(message.values, dtype=np.float32) for message in messages]  # type: ignore[attr-defined]
+    """Vector messages (either field) -> float32 [n, d]; all must share one dimension."""
+    rows = [vector_from_proto(message) for message in messages]  # type: ignore[attr-defined]
     if not rows:
         return np.zeros((0, 0), dtype=np.float32)
     dims = {row.shape[0] for row in rows}

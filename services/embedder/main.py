@@ -51,6 +51,8 @@ class EmbedderConfig:
     max_local_features: int
     log_level: str
     local_model: LocalModelSource = LocalModelSource()
+    # Threads for decode, preprocessing, local features and texture; 0 = one per core.
+    cpu_workers: int = 0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> EmbedderConfig:
@@ -87,6 +89,7 @@ class EmbedderConfig:
             max_local_features=env_int(env, "VISEARCH_MAX_LOCAL_FEATURES", 1000, minimum=16),
             log_level=env_str(env, "VISEARCH_LOG_LEVEL", "INFO"),
             local_model=LocalModelSource.from_env(env),
+            cpu_workers=env_int(env, "VISEARCH_CPU_WORKERS", 0, minimum=0, maximum=256),
         )
 
 
@@ -131,6 +134,9 @@ def build_core(config: EmbedderConfig, metrics: ServiceMetrics) -> EmbedderCore:
     runs = metrics.counter("model_runs", "Model runs (batches) per version.", ("model_version",))
     sessions = metrics.gauge("model_sessions", "Model versions loaded in memory.")
     loads = metrics.counter("model_loads", "Model versions loaded on demand.", ("model_version",))
+    expired = metrics.counter(
+        "expired_images", "Images not decoded or not run: their deadline had passed."
+    )
     model = load_model(config)
     provider.labels(model.providers[0]).set(1)
     sessions.set(1)
@@ -164,6 +170,8 @@ def build_core(config: EmbedderConfig, metrics: ServiceMetrics) -> EmbedderCore:
             config.intra_op_threads,
         ),
         max_delf_features=config.local_model.max_features,
+        on_expired=expired.inc,
+        cpu_workers=config.cpu_workers,
     )
 
 

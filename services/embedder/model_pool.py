@@ -39,12 +39,19 @@ class LoadedModel:
     """A model with its own batcher; closed once evicted and no request uses it."""
 
     def __init__(
-        self, model: ServedModel, max_batch: int, max_wait_s: float, on_batch: BatchObserver | None
+        self,
+        model: ServedModel,
+        max_batch: int,
+        max_wait_s: float,
+        on_batch: BatchObserver | None,
+        on_expired: Callable[[int], None] | None = None,
     ) -> None:
         self.model = model
         version = model.manifest.version
         observer = None if on_batch is None else (lambda n, q: on_batch(version, n, q))
-        self.batcher = MicroBatcher(model.run, max_batch, max_wait_s, on_batch=observer)
+        self.batcher = MicroBatcher(
+            model.run, max_batch, max_wait_s, on_batch=observer, on_expired=on_expired
+        )
         self.users = 0
         self.evicted = False
 
@@ -69,12 +76,14 @@ class ModelPool:
         max_wait_s: float,
         on_batch: BatchObserver | None = None,
         on_load: Callable[[str, int], None] | None = None,
+        on_expired: Callable[[int], None] | None = None,
     ) -> None:
+        """on_expired(rows): images dropped unrun because their deadline passed in the queue."""
         if max_sessions < 1:
             raise ValueError("max_sessions must be at least 1")
         self._loader = loader
         self._capacity = max_sessions - 1  # besides the default
-        self._batching = (max_batch, max_wait_s, on_batch)
+        self._batching = (max_batch, max_wait_s, on_batch, on_expired)
         self._on_load = on_load
         self.default = LoadedModel(default, *self._batching)
         self._others: OrderedDict[str, LoadedModel] = OrderedDict()

@@ -48,6 +48,28 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
             histograms=vectors_to_proto(np.stack(histograms)), texture_type=texture_type
         )
 
+    def Extract(
+        self, request: embedder_pb2.ExtractRequest, context: grpc.ServicerContext
+    ) -> embedder_pb2.ExtractResponse:
+        extracted = self._slot.get().extract(
+            list(request.images),
+            request.model_version,
+            request.feature_type,
+            request.max_features,
+            texture=request.texture,
+            timeout=context.time_remaining(),
+        )
+        return embedder_pb2.ExtractResponse(
+            embeddings=vectors_to_proto(extracted.vectors),
+            dims=extracted.manifest.output_dims,
+            model_version=extracted.manifest.version,
+            features=[local_features_to_proto(f) for f in extracted.features],
+            histograms=(
+                vectors_to_proto(np.stack(extracted.textures)) if extracted.textures else []
+            ),
+            texture_type=extracted.texture_type,
+        )
+
     def Stats(
         self, request: embedder_pb2.EmbedderStatsRequest, context: grpc.ServicerContext
     ) -> embedder_pb2.EmbedderStatsResponse:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import grpc
 import numpy as np
 
-from services.common.grpc_client import call, make_channel
+from services.common.grpc_client import call, error_from_rpc, make_channel
 from services.common.index_types import IndexOverrides, ItemMeta, SearchFilter
 from services.common.local_features import LocalFeatures
 from services.common.proto_convert import (
@@ -15,10 +17,13 @@ from services.common.proto_convert import (
     local_features_from_proto,
     local_features_to_proto,
     metadata_to_proto,
+    vector_from_proto,
     vectors_from_proto,
     vectors_to_proto,
 )
+from services.common.tls import TlsConfig
 from services.gateway.ports import (
+    Extraction,
     GlobalEmbeddings,
     RerankInput,
     RerankOutput,
@@ -38,8 +43,8 @@ from visearch.v1 import (
 
 
 class GrpcEmbedder:
-    def __init__(self, address: str, max_message_bytes: int) -> None:
-        self.channel: grpc.Channel = make_channel(address, max_message_bytes)
+    def __init__(self, address: str, max_message_bytes: int, tls: TlsConfig | None = None) -> None:
+        self.channel: grpc.Channel = make_channel(address, max_message_bytes, tls=tls)
         self._stub = embedder_pb2_grpc.EmbedderStub(self.channel)
 
     def embed_global(
@@ -78,15 +83,64 @@ class GrpcEmbedder:
             peer="embedder",
         )
         return TextureHistograms(
-            [np.asarray(h.values, dtype=np.float32) for h in response.histograms],
-            response.texture_type,
+            [vector_from_proto(h) for h in response.histograms], response.texture_type
         )
+
+    def extract(
+        self,
+        images: list[bytes],
+        model_version: str,
+        feature_type: str,
+        texture: bool,
+        timeout: float | None,
+    ) -> Extraction:
+        """One Extract call; an embedder that predates it (UNIMPLEMENTED, during a rolling
+        upgrade) gets the three separate calls instead."""
+        request = embedder_pb2.ExtractRequest(
+            images=images, model_version=model_version, feature_type=feature_type, texture=texture
+        )
+        try:
+            response = self._stub.Extract(request, timeout=timeout)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:  # type: ignore[attr-defined]
+                return self._extract_separately(
+                    images, model_version, feature_type, texture, timeout
+                )
+            raise error_from_rpc(exc, "embedder") from exc
+        textures = None
+        if texture:
+            textures = TextureHistograms(
+                [vector_from_proto(h) for h in response.histograms], response.texture_type
+            )
+        return Extraction(
+            GlobalEmbeddings(vectors_from_proto(response.embeddings), response.model_version),
+            [local_features_from_proto(f) for f in response.features],
+            textures,
+        )
+
+    def _extract_separately(
+        self,
+        images: list[bytes],
+        model_version: str,
+        feature_type: str,
+        texture: bool,
+        timeout: float | None,
+    ) -> Extraction:
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            embedded = pool.submit(self.embed_global, images, timeout, model_version)
+            features = pool.submit(self.extract_local, images, feature_type, timeout)
+            textures = pool.submit(self.extract_texture, images, timeout) if texture else None
+            return Extraction(
+                embedded.result(), features.result(), textures.result() if textures else None
+            )
 
 
 class GrpcShard:
-    def __init__(self, shard: int, address: str, max_message_bytes: int) -> None:
+    def __init__(
+        self, shard: int, address: str, max_message_bytes: int, tls: TlsConfig | None = None
+    ) -> None:
         self.shard = shard
-        self.channel: grpc.Channel = make_channel(address, max_message_bytes)
+        self.channel: grpc.Channel = make_channel(address, max_message_bytes, tls=tls)
         self._stub = indexer_pb2_grpc.IndexerStub(self.channel)
         self._peer = f"shard {shard}"
 
@@ -195,8 +249,8 @@ class GrpcShard:
 
 
 class GrpcVerifier:
-    def __init__(self, address: str, max_message_bytes: int) -> None:
-        self.channel: grpc.Channel = make_channel(address, max_message_bytes)
+    def __init__(self, address: str, max_message_bytes: int, tls: TlsConfig | None = None) -> None:
+        self.channel: grpc.Channel = make_channel(address, max_message_bytes, tls=tls)
         self._stub = verifier_pb2_grpc.VerifierStub(self.channel)
 
     def rerank(

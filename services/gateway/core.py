@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from dataclasses import dataclass, field, replace
@@ -11,6 +13,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from services.common.blob_ledger import BlobLedger
 from services.common.errors import (
     AlreadyExistsError,
     DeadlineExceededError,
@@ -30,7 +33,12 @@ from services.common.local_features import (
     LocalFeatures,
     feature_key,
 )
-from services.common.metadata import CollectionConfig, ImageMeta, MetadataStore
+from services.common.metadata import (
+    CollectionConfig,
+    ImageMeta,
+    InMemoryMetadataStore,
+    MetadataStore,
+)
 from services.common.objectstore import ObjectStore
 from services.common.texture_features import histogram_to_bytes, texture_key
 from services.gateway import query_expansion as qe
@@ -55,10 +63,17 @@ from services.gateway.ports import (
 )
 from services.gateway.reshard import Resharder, ReshardSettings
 from services.gateway.reshard_store import InMemoryReshardStore, ReshardStore
-from services.gateway.routing import latest_layout, upsert_routed
+from services.gateway.routing import delete_routed, latest_layout, upsert_routed
 from services.indexer.core import check_collection_name
 
 log = logging.getLogger(__name__)
+SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+# A pin outlives its ingest's deadline by this much (the eraser waits for it).
+PIN_MARGIN_S = 60.0
+# Extra hits asked of the shards, and how many times to ask again, to make up for index
+# entries without metadata (GatewayCore._live_top).
+STALE_MARGIN = 4
+REFILL_ROUNDS = 3
 
 ResultT = TypeVar("ResultT")
 
@@ -69,6 +84,11 @@ class GatewaySettings:
     features_bucket: str
     max_image_bytes: int
     model_version: str
+    # Object keys a client may name: "<uploads_bucket>/<its collection>/..." (staged by the
+    # client) and "<images_bucket>/<sha256>" of an image already in its collection.
+    uploads_bucket: str = "uploads"
+    # How long an undo of a failed ingest may take (its own deadline may have run out).
+    undo_timeout_s: float = 10.0
     default_timeout_s: float = 30.0
     default_rerank_depth: int = 50
     default_feature_type: str = "rootsift"
@@ -84,6 +104,9 @@ class GatewaySettings:
     # spatially verified expansion of geometric searches, which raised mAP on every dev set
     # where objects have several images and changed nothing elsewhere; alpha-QE off.
     default_query_expansion: qe.QueryExpansion = qe.VERIFIED_ONLY
+    # Threads that write an ingest's blobs (image, features, texture) to the object store:
+    # their own pool, so a 256-image ingest cannot queue ahead of search fan-out.
+    blob_writers: int = 8
 
 
 @dataclass(frozen=True)
@@ -94,6 +117,8 @@ class Services:
     store: ObjectStore
     metadata: MetadataStore
     reshard_store: ReshardStore = field(default_factory=InMemoryReshardStore)
+    # None: the in-memory metadata store's own ledger (unit tests).
+    ledger: BlobLedger | None = None
 
 
 class Deadline:
@@ -108,12 +133,19 @@ class Deadline:
             raise DeadlineExceededError("the request deadline passed before the work finished")
         return left
 
+    def expired(self) -> bool:
+        return time.monotonic() >= self._at
+
 
 class GatewayCore:
     def __init__(self, services: Services, settings: GatewaySettings) -> None:
         self._s = services
         self._settings = settings
+        self.ledger = _ledger_of(services)
         self._pool = ThreadPoolExecutor(max_workers=max(8, 2 * len(services.shards) + 4))
+        self._blob_pool = ThreadPoolExecutor(
+            max_workers=max(1, settings.blob_writers), thread_name_prefix="gateway-blobs"
+        )
         self.resharder = Resharder(
             services.shards,  # type: ignore[arg-type]  # the gRPC shards implement both ports
             services.metadata,
@@ -135,6 +167,7 @@ class GatewayCore:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._blob_pool.shutdown(wait=False, cancel_futures=True)
 
     # Collections ---------------------------------------------------------
 
@@ -232,67 +265,67 @@ class GatewayCore:
         deadline = Deadline(timeout_s or self._settings.default_timeout_s)
         check_collection_name(collection)
         validation.check_ingest_items(items)
-        images = [self._image_bytes(item.image, item.object_key, item.id) for item in items]
+        images = [
+            self._image_bytes(item.image, item.object_key, item.id, collection) for item in items
+        ]
         if create and self._s.metadata.get_collection(collection) is None:
             self.create_collection(collection)
         config = self.collection(collection)
-        embedded_future = self._pool.submit(
-            self._s.embedder.embed_global, images, deadline.remaining(), config.model_version
+        # One embedder call: each image is decoded once for all the collection needs.
+        extraction = _naming_items(
+            lambda: self._s.embedder.extract(
+                images,
+                config.model_version,
+                config.local_feature_type,
+                config.texture_features,
+                deadline.remaining(),
+            ),
+            items,
         )
-        features_future = self._pool.submit(
-            self._s.embedder.extract_local, images, config.local_feature_type, deadline.remaining()
-        )
-        texture_future = (
-            self._pool.submit(self._s.embedder.extract_texture, images, deadline.remaining())
-            if config.texture_features
-            else None
-        )
-        embedded = _result_naming_items(embedded_future, items)
-        features = _result_naming_items(features_future, items)
-        textures = _result_naming_items(texture_future, items) if texture_future else None
+        embedded, features = extraction.embeddings, extraction.features
+        textures = extraction.textures if config.texture_features else None
         if embedded.model_version != config.model_version:
             raise FailedPreconditionError(
                 f"embedder serves {embedded.model_version} but collection {collection!r} uses "
                 f"{config.model_version}"
             )
         digests = [sha256_hex(data) for data in images]
-        self._store_blobs(images, digests, features, config.local_feature_type, textures)
-        layout = upsert_routed(
-            self._pool,
-            self._s.shards,
-            self._s.metadata,
-            config,
-            [item.id for item in items],
-            embedded.vectors,
-            [ItemMeta(item.label, dict(item.attributes)) for item in items],
-            config.index_overrides(),
-            deadline.remaining,
-        )
-        shards = [layout.write_shard(item.id) for item in items]
-        # A re-embed in progress gets the items too, embedded with its model version.
-        written = {config.index_name}
-        vectors = {config.model_version: embedded.vectors}
-        self._generations.upsert(
-            config.generation_views(), written, items, images, deadline.remaining, vectors
-        )
-        # Metadata is written last: it is the commit point that makes an id visible
-        # (search drops index hits without metadata).
-        now = time.time()
-        outcomes = []
-        for position, item in enumerate(items):
-            replaced = self._s.metadata.put_image(
-                collection,
-                ImageMeta(
-                    id=item.id,
-                    sha256=digests[position],
-                    label=item.label,
-                    model_version=config.model_version,
-                    shard=shards[position],
-                    ingested_at=now,
-                    attributes=dict(item.attributes),
-                ),
+        ids = [item.id for item in items]
+        known = self._s.metadata.get_images(collection, ids)
+        new_ids = [i for i, meta in zip(ids, known, strict=True) if meta is None]
+        self._store_blobs(images, digests, features, config.local_feature_type, textures, deadline)
+        try:
+            layout, written, vectors = self._index_items(
+                config, items, images, embedded.vectors, deadline
             )
-            outcomes.append(IngestOutcome(item.id, digests[position], shards[position], replaced))
+            shards = [layout.write_shard(item.id) for item in items]
+            # The commit point, one transaction for the batch: metadata makes the ids visible
+            # (search drops index hits without metadata).
+            now = time.time()
+            replaced = self._s.metadata.put_images(
+                collection,
+                [
+                    ImageMeta(
+                        id=item.id,
+                        sha256=digests[position],
+                        label=item.label,
+                        model_version=config.model_version,
+                        shard=shards[position],
+                        ingested_at=now,
+                        attributes=dict(item.attributes),
+                    )
+                    for position, item in enumerate(items)
+                ],
+            )
+        except Exception:
+            self._undo_index_writes(config, new_ids)
+            raise
+        finally:
+            self.ledger.unpin(digests)
+        outcomes = [
+            IngestOutcome(item.id, digests[p], shards[p], replaced[p])
+            for p, item in enumerate(items)
+        ]
         # A re-embed that started or switched meanwhile (services/gateway/generations.py).
         self._generations.upsert(
             self._generations.latest_views(collection),
@@ -304,9 +337,73 @@ class GatewayCore:
         )
         return outcomes
 
-    def _image_bytes(self, data: bytes, object_key: str, what: str) -> bytes:
+    def _index_items(
+        self,
+        config: CollectionConfig,
+        items: list[IngestItem],
+        images: list[bytes],
+        vectors: np.ndarray,
+        deadline: Deadline,
+    ) -> tuple[Layout, set[str], dict[str, np.ndarray]]:
+        """vectors: float32 [n, d]. Writes the items to the collection's shards and to the
+        generations being built; returns the layout and what was written, by index name
+        and by model version."""
+        layout = upsert_routed(
+            self._pool,
+            self._s.shards,
+            self._s.metadata,
+            config,
+            [item.id for item in items],
+            vectors,
+            [ItemMeta(item.label, dict(item.attributes)) for item in items],
+            config.index_overrides(),
+            deadline.remaining,
+        )
+        # A re-embed in progress gets the items too, embedded with its model version.
+        written = {config.index_name}
+        by_version = {config.model_version: vectors}
+        self._generations.upsert(
+            config.generation_views(), written, items, images, deadline.remaining, by_version
+        )
+        return layout, written, by_version
+
+    def _undo_index_writes(self, config: CollectionConfig, new_ids: list[str]) -> None:
+        """A failed batch leaves no vectors behind: drops the ids it added that are still
+        without metadata from every index it may have written. What this cannot reach (a
+        shard down) the orphan sweep removes later (services/gateway/janitor.py)."""
+        if not new_ids:
+            return
+        still_new = [
+            i
+            for i, meta in zip(
+                new_ids, self._s.metadata.get_images(config.name, new_ids), strict=True
+            )
+            if meta is None
+        ]
+        undo = Deadline(self._settings.undo_timeout_s)
+        done: set[str] = set()
+        try:
+            for view in config.generation_views():
+                delete_routed(
+                    self._pool, self._s.shards, self._s.metadata, view, still_new, undo.remaining
+                )
+                done.add(view.index_name)
+        except VisearchError as exc:
+            log.warning(
+                "undo of a failed ingest incomplete; the orphan sweep will finish it",
+                extra={"fields": {"collection": config.name, "error": exc.message}},
+            )
+        log.info(
+            "undid the index writes of a failed ingest",
+            extra={
+                "fields": {"collection": config.name, "ids": len(still_new), "indexes": len(done)}
+            },
+        )
+
+    def _image_bytes(self, data: bytes, object_key: str, what: str, collection: str) -> bytes:
         if object_key:
             validation.check_object_key(object_key, what)
+            self._check_key_in_scope(object_key, what, collection)
             try:
                 data = self._s.store.get(object_key)
             except NotFoundError as exc:
@@ -318,6 +415,22 @@ class GatewayCore:
             )
         return data
 
+    def _check_key_in_scope(self, object_key: str, what: str, collection: str) -> None:
+        """A client names its own staged uploads or its collection's stored images only."""
+        bucket, _, rest = object_key.partition("/")
+        uploads = self._settings.uploads_bucket
+        if bucket == uploads and rest.startswith(f"{collection}/"):
+            return
+        if bucket == self._settings.images_bucket:
+            if SHA256_HEX.match(rest) and self.ledger.referenced_by(collection, rest):
+                return
+            raise NotFoundError(f"{what}: no image {rest!r} in collection {collection!r}")
+        raise InvalidArgumentError(
+            f"{what}: object key {object_key!r} is outside this collection's scope: stage "
+            f"images under '{uploads}/{collection}/' or name a stored image of the collection "
+            f"as '{self._settings.images_bucket}/<sha256>'"
+        )
+
     def _store_blobs(
         self,
         images: list[bytes],
@@ -325,23 +438,32 @@ class GatewayCore:
         features: list[LocalFeatures],
         kind: str,
         textures: TextureHistograms | None,
+        deadline: Deadline,
     ) -> None:
+        """Stores bytes, features and texture histograms, after pinning the digests so that
+        the eraser leaves them alone until the ingest has committed or given up."""
+        keys: dict[str, list[str]] = {}
+        for position, digest in enumerate(digests):
+            bucket, version = self._settings.features_bucket, features[position].model_version
+            keys[digest] = [
+                f"{self._settings.images_bucket}/{digest}",
+                feature_key(kind, digest, bucket, version),
+            ]
+            if textures is not None:
+                keys[digest].append(texture_key(textures.texture_type, digest, bucket))
+        self.ledger.pin(keys, deadline.remaining() + PIN_MARGIN_S)
+
         def store_one(position: int) -> None:
-            digest = digests[position]
-            image_key = f"{self._settings.images_bucket}/{digest}"
+            image_key, features_key, *texture_keys = keys[digests[position]]
             if not self._s.store.exists(image_key):
                 self._s.store.put(image_key, images[position])
-            bucket, version = self._settings.features_bucket, features[position].model_version
-            self._s.store.put(
-                feature_key(kind, digest, bucket, version), features[position].to_npz()
-            )
+            self._s.store.put(features_key, features[position].to_npz())
             if textures is not None:
                 self._s.store.put(
-                    texture_key(textures.texture_type, digest, self._settings.features_bucket),
-                    histogram_to_bytes(textures.histograms[position]),
+                    texture_keys[0], histogram_to_bytes(textures.histograms[position])
                 )
 
-        for future in [self._pool.submit(store_one, i) for i in range(len(images))]:
+        for future in [self._blob_pool.submit(store_one, i) for i in range(len(images))]:
             future.result()
 
     # Search --------------------------------------------------------------
@@ -350,6 +472,7 @@ class GatewayCore:
         started = time.perf_counter()
         deadline = Deadline(timeout_s or self._settings.default_timeout_s)
         config = self.collection(query.collection)
+        read_at = time.monotonic()  # the one collection read of this search
         k = validation.resolve_k(query.k)
         mode = query.rerank or config.default_rerank
         validation.check_rerank_mode(mode)
@@ -362,7 +485,7 @@ class GatewayCore:
             )
         validation.check_filter(query.search_filter)
         expansion = _expansion_for(config, query.query_expansion, mode)
-        image = self._image_bytes(query.image, query.object_key, "query")
+        image = self._image_bytes(query.image, query.object_key, "query", config.name)
         if not image:
             raise InvalidArgumentError("search needs a query image (bytes or object key)")
         timings: dict[str, float] = {}
@@ -380,7 +503,7 @@ class GatewayCore:
         t0 = time.perf_counter()
         # One config read names both the model version and its namespace: never mixed.
         embedded = self._s.embedder.embed_global(
-            [image], deadline.remaining(), config.model_version
+            [image], deadline.remaining() * QUERY_EMBED_TIME_FRACTION, config.model_version
         )
         timings["embed"] = _ms_since(t0)
         if embedded.model_version != config.model_version:
@@ -395,17 +518,12 @@ class GatewayCore:
         missing: list[int] = []
         if expansion.top_n:
             vectors, missing = self._alpha_expanded(
-                index_view, vectors, expansion, query.search_filter, deadline
+                index_view, vectors, expansion, query.search_filter, deadline, read_at
             )
             timings["index"] = _ms_since(t0)
             t0 = time.perf_counter()
-        merged, missed = self._scatter_gather(
-            index_view,
-            vectors,
-            depth,
-            query.search_filter,
-            deadline,
-            vectors_for_top=depth if verified_qe else 0,
+        merged, live, missed = self._live_top(
+            index_view, vectors, depth, query.search_filter, deadline, verified_qe, timings, read_at
         )
         missing = sorted(set(missing) | set(missed))
         timings["index_expanded" if expansion.top_n else "index"] = _ms_since(t0)
@@ -414,10 +532,6 @@ class GatewayCore:
                 f"shards {missing} did not answer in time; retry, or accept partial results",
                 retryable=False,
             )
-        t0 = time.perf_counter()
-        metas = self._s.metadata.get_images(config.name, [hit.id for hit in merged])
-        live = [(hit, meta) for hit, meta in zip(merged, metas, strict=True) if meta is not None]
-        timings["metadata"] = _ms_since(t0)
         hits = [
             Hit(hit.id, hit.score, meta.label, meta.attributes, hit.score, 0, "global", meta.sha256)
             for hit, meta in live
@@ -434,7 +548,14 @@ class GatewayCore:
             if verified_qe and not degraded:
                 t0 = time.perf_counter()
                 hits, missed = self._verified_expanded(
-                    index_view, embedded.vectors[0], hits, merged, k, query.search_filter, deadline
+                    index_view,
+                    embedded.vectors[0],
+                    hits,
+                    merged,
+                    k,
+                    query.search_filter,
+                    deadline,
+                    read_at,
                 )
                 if missed and query.require_complete:
                     raise UnavailableError(
@@ -485,6 +606,47 @@ class GatewayCore:
         timings["texture"] = _ms_since(t0)
         return texture
 
+    def _live_top(
+        self,
+        index_view: CollectionConfig,
+        vectors: np.ndarray,
+        depth: int,
+        search_filter: SearchFilter,
+        deadline: Deadline,
+        with_vectors: bool,
+        timings: dict[str, float],
+        config_read_at: float | None = None,
+    ) -> tuple[list[ShardHit], list[tuple[ShardHit, ImageMeta]], list[int]]:
+        """vectors: float32 [1, d]. The best `depth` hits that have metadata, with their
+        metadata, and the shards that did not answer. An index entry without metadata (an
+        ingest not committed yet, a delete whose shard was down) would take a result slot:
+        the shards are asked for a few more than `depth`, and for twice as many again while
+        dropped entries left the answer short of what the shards hold."""
+        ask = min(validation.MAX_K, depth + max(STALE_MARGIN, depth // 8))
+        metadata_ms = 0.0
+        for _ in range(REFILL_ROUNDS):
+            merged, missing = self._scatter_gather(
+                index_view,
+                vectors,
+                ask,
+                search_filter,
+                deadline,
+                vectors_for_top=ask if with_vectors else 0,
+                config_read_at=config_read_at,
+            )
+            t0 = time.perf_counter()
+            metas = self._s.metadata.get_images(index_view.name, [hit.id for hit in merged])
+            metadata_ms += _ms_since(t0)
+            live = [(h, m) for h, m in zip(merged, metas, strict=True) if m is not None]
+            exhausted = len(merged) < ask or ask >= validation.MAX_K
+            if len(live) >= depth or exhausted:
+                break
+            ask = min(validation.MAX_K, 2 * ask)
+        timings["metadata"] = metadata_ms
+        live = live[:depth]
+        kept = {hit.id for hit, _ in live}
+        return [hit for hit in merged if hit.id in kept], live, missing
+
     def _alpha_expanded(
         self,
         config: CollectionConfig,
@@ -492,11 +654,18 @@ class GatewayCore:
         expansion: qe.QueryExpansion,
         search_filter: SearchFilter,
         deadline: Deadline,
+        config_read_at: float | None = None,
     ) -> tuple[np.ndarray, list[int]]:
         """vectors: float32 [1, d] query -> (float32 [1, d] alpha-expanded query, shards that
         did not answer). Combines the best `top_n` live hits (those with metadata)."""
         first, missing = self._scatter_gather(
-            config, vectors, expansion.top_n, search_filter, deadline, expansion.top_n
+            config,
+            vectors,
+            expansion.top_n,
+            search_filter,
+            deadline,
+            expansion.top_n,
+            config_read_at,
         )
         metas = self._s.metadata.get_images(config.name, [hit.id for hit in first])
         live = [
@@ -520,6 +689,7 @@ class GatewayCore:
         k: int,
         search_filter: SearchFilter,
         deadline: Deadline,
+        config_read_at: float | None = None,
     ) -> tuple[list[Hit], list[int]]:
         """Spatially verified QE. query: float32 [d]; hits: re-ranked, best first; merged:
         the searched hits with their vectors. Verified hits stay on top in their order; a
@@ -534,7 +704,7 @@ class GatewayCore:
         expanded = qe.expand_one(query, neighbours, np.ones(len(combined), np.float32), 0.0)
         depth = min(validation.MAX_K, k + len(verified))
         found, missing = self._scatter_gather(
-            config, expanded[None, :], depth, search_filter, deadline
+            config, expanded[None, :], depth, search_filter, deadline, 0, config_read_at
         )
         taken = {hit.id for hit in verified}
         fresh = [hit for hit in found if hit.id not in taken]
@@ -573,10 +743,13 @@ class GatewayCore:
         search_filter: SearchFilter,
         deadline: Deadline,
         vectors_for_top: int = 0,
+        config_read_at: float | None = None,
     ) -> tuple[list[ShardHit], list[int]]:
         """Searches the collection's shards in parallel; exact top-`depth` merge of those
         that answered, each id once (during a reshard an id may be on two shards). Asks
-        again if the layout changed meanwhile (services/gateway/routing.py).
+        again if the layout changed meanwhile (services/gateway/routing.py), unless
+        `_layout_still_current` says it cannot have (config_read_at: time.monotonic() when
+        the search read `config`; None = always re-read).
         vectors_for_top > 0: each shard's best that-many hits carry their vector."""
         layout = Layout.of(config)
         for _ in range(3):
@@ -589,11 +762,33 @@ class GatewayCore:
                 deadline,
                 vectors_for_top,
             )
+            if self._layout_still_current(layout, config_read_at):
+                break
             latest = latest_layout(self._s.metadata, config)
             if latest == layout:
                 break
             layout = latest
         return merged, missing
+
+    def _layout_still_current(self, layout: Layout, read_at: float | None) -> bool:
+        """Whether a search may skip re-reading the collection config after its shard round.
+
+        The re-read (services/gateway/routing.py) catches a layout that changed while the
+        shards were searched. Without a reshard in progress when the config was read, the
+        first shard round cannot have missed ids moved by the reshard's clean-up if the
+        round finished within the reshard's flip grace of that read: the window opens after
+        the read, the flip after that, and clean-up deletes only flip_grace_s after the
+        flip. So: skipped (one collection read per search) while no reshard was in progress
+        and the search is younger than LAYOUT_RECHECK_FRACTION of the grace; re-read
+        otherwise (a reshard in progress, a slow search, or a caller outside a search).
+        What the skip gives up: an existing id that another request rewrites in a window
+        opened after this search's read is dropped from its old shard and written to a new
+        one this search does not ask, so this search may miss it (a write concurrent with
+        the search; the next search finds it)."""
+        if layout.resharding or read_at is None:
+            return False
+        bound = self._settings.reshard.flip_grace_s * LAYOUT_RECHECK_FRACTION
+        return time.monotonic() - read_at < bound
 
     def _search_shards(
         self,
@@ -632,9 +827,8 @@ class GatewayCore:
                 raise error  # the request is wrong, not the shard: a retry would fail the same
             missing.append(shard)
         if len(missing) == len(futures):
-            raise UnavailableError(
-                f"no shard answered within the deadline (shards {missing})", retryable=False
-            )
+            errors = [future.exception() if future in done else None for future in futures]
+            raise _no_shard_answered(errors, sorted(missing), deadline, remaining)
         best: dict[str, ShardHit] = {}
         for hit in answered:
             if hit.id not in best or hit.score > best[hit.id].score:
@@ -718,6 +912,12 @@ class GatewayCore:
         return config, self._s.metadata.count_images(collection), infos
 
 
+# A search that read a config without a reshard in progress trusts its layout for this
+# share of the reshard's flip grace (GatewayCore._layout_still_current).
+LAYOUT_RECHECK_FRACTION = 0.5
+# The query's embedding gets this share of the time left, so that an embedding the embedder
+# finishes just in time still leaves time for the shards (it drops what it cannot finish).
+QUERY_EMBED_TIME_FRACTION = 0.85
 # A re-rank (or its query features) that fails this way leaves the global order, flagged.
 RERANK_FAILURES = (
     UnavailableError,
@@ -726,6 +926,39 @@ RERANK_FAILURES = (
     InternalError,
     FutureTimeoutError,
 )
+
+
+def _ledger_of(services: Services) -> BlobLedger:
+    if services.ledger is not None:
+        return services.ledger
+    if isinstance(services.metadata, InMemoryMetadataStore):
+        return services.metadata.blob_ledger()
+    raise ValueError("a metadata store other than the in-memory one needs its BlobLedger")
+
+
+def _no_shard_answered(
+    errors: list[BaseException | None], missing: list[int], deadline: Deadline, given_s: float
+) -> VisearchError:
+    """Why a search got no shard's answer (errors: per shard, None = no answer in time).
+
+    The request's own deadline ran out (it expired, or every shard used up the time it was
+    given): DEADLINE_EXCEEDED, not retried. Every shard shed the load: RESOURCE_EXHAUSTED
+    with their retry pushback. Otherwise the shards are down: UNAVAILABLE."""
+    if deadline.expired() or all(e is None or isinstance(e, DeadlineExceededError) for e in errors):
+        return DeadlineExceededError(
+            f"the request deadline ran out before any shard answered (shards {missing} had "
+            f"{given_s * 1000:.0f} ms)",
+            retryable=False,
+        )
+    if all(isinstance(e, ResourceExhaustedError) and e.retryable for e in errors):
+        return ResourceExhaustedError(
+            f"every shard is busy (shards {missing}); retry after the pushback",
+            retryable=True,
+            retry_after_ms=max(getattr(e, "retry_after_ms", 0) for e in errors),
+        )
+    return UnavailableError(
+        f"no shard answered within the deadline (shards {missing})", retryable=False
+    )
 
 
 def _degraded_reason(mode: str, exc: BaseException) -> str:
@@ -791,10 +1024,10 @@ def _reranked_hits(hits: list[Hit], reranked: list[RerankOutput]) -> list[Hit]:
     ]
 
 
-def _result_naming_items(future: Future[ResultT], items: list[IngestItem]) -> ResultT:
-    """Waits for an embedder call; an 'image N' in its error becomes the item's id."""
+def _naming_items(call: Callable[[], ResultT], items: list[IngestItem]) -> ResultT:
+    """Makes an embedder call; an 'image N' in its error becomes the item's id."""
     try:
-        return future.result()
+        return call()
     except VisearchError as exc:
         message = exc.message
         for position in range(len(items) - 1, -1, -1):

@@ -64,7 +64,28 @@ class GlobalEmbeddings:
     model_version: str
 
 
+@dataclass(frozen=True)
+class Extraction:
+    """What an ingest needs of its images (EmbedderPort.extract), in request order."""
+
+    embeddings: GlobalEmbeddings
+    features: list[LocalFeatures]  # one per image
+    textures: TextureHistograms | None  # None when not asked for
+
+
 class EmbedderPort(Protocol):
+    def extract(
+        self,
+        images: list[bytes],
+        model_version: str,
+        feature_type: str,
+        texture: bool,
+        timeout: float | None,
+    ) -> Extraction:
+        """One call, each image decoded once: global vectors of `model_version` ("" = the
+        embedder's default), local features of `feature_type`, texture histograms if asked."""
+        ...
+
     def embed_global(
         self, images: list[bytes], timeout: float | None, model_version: str = ""
     ) -> GlobalEmbeddings:

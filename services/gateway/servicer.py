@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 import numpy as np
 
+from services.common.api_keys import ApiKeyRecord, ApiKeys, caller_allowed
 from services.common.errors import FailedPreconditionError, InvalidArgumentError, VisearchError
 from services.common.grpc_server import LoadingSlot
 from services.common.index_types import SearchFilter
@@ -93,16 +94,55 @@ def _keypoint_bytes(keypoints: np.ndarray | None) -> bytes:
     return np.ascontiguousarray(keypoints, dtype="<f4").tobytes()
 
 
+def _api_key_proto(record: ApiKeyRecord) -> gateway_pb2.ApiKey:
+    return gateway_pb2.ApiKey(
+        id=record.id,
+        name=record.name,
+        grants=[str(g) for g in record.grants],
+        created_at=record.created_at,
+        revoked_at=record.revoked_at,
+    )
+
+
 class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     def __init__(
         self,
         slot: LoadingSlot[GatewayCore],
         reembed: LoadingSlot[Reembedder] | None = None,
         augment: LoadingSlot[DatabaseAugmenter] | None = None,
+        api_keys: ApiKeys | None = None,
+        ack_barrier: Callable[[], None] | None = None,
     ) -> None:
+        """ack_barrier: run before acknowledging an Ingest, Delete or CreateCollection
+        (services.common.ack_durability: WAITAOF); None = acknowledge at once."""
         self._slot = slot
         self._reembed = reembed
         self._augment = augment
+        self._api_keys = api_keys
+        self._ack_barrier = ack_barrier or (lambda: None)
+
+    def _keys(self) -> ApiKeys:
+        if self._api_keys is None:
+            raise FailedPreconditionError("authentication is off on this gateway (VISEARCH_AUTH)")
+        return self._api_keys
+
+    def CreateApiKey(
+        self, request: gateway_pb2.CreateApiKeyRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.CreatedApiKey:
+        key, record = self._keys().create(request.name, list(request.grants))
+        return gateway_pb2.CreatedApiKey(key=_api_key_proto(record), secret=key)
+
+    def ListApiKeys(
+        self, request: gateway_pb2.ListApiKeysRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.ListApiKeysResponse:
+        return gateway_pb2.ListApiKeysResponse(
+            keys=[_api_key_proto(r) for r in self._keys().store.list()]
+        )
+
+    def RevokeApiKey(
+        self, request: gateway_pb2.RevokeApiKeyRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.ApiKey:
+        return _api_key_proto(self._keys().revoke(request.id))
 
     def CreateCollection(
         self, request: gateway_pb2.CreateCollectionRequest, context: grpc.ServicerContext
@@ -119,6 +159,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             else None,
             request.model_version,
         )
+        self._ack_barrier()
         return _collection_proto(config)
 
     def Ingest(
@@ -134,9 +175,13 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             )
             for item in request.items
         ]
+        # Creating a missing collection is an admin's right; a writer's ingest into a
+        # missing collection is FAILED_PRECONDITION.
+        create = request.create_collection and caller_allowed(request.collection, "admin")
         outcomes = self._slot.get().ingest(
-            request.collection, items, request.create_collection, context.time_remaining()
+            request.collection, items, create, context.time_remaining()
         )
+        self._ack_barrier()
         return gateway_pb2.IngestResponse(
             results=[
                 gateway_pb2.IngestResult(
@@ -196,6 +241,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         deleted, not_found = self._slot.get().delete(
             request.collection, list(request.ids), context.time_remaining()
         )
+        self._ack_barrier()
         return gateway_pb2.DeleteResponse(deleted=deleted, not_found=not_found)
 
     def Get(

@@ -410,8 +410,13 @@ class Shard:
             if snapshot is not None and snapshot.ids:
                 entry = self._collection(name, create_dims=snapshot.vectors.shape[1])
                 entry.index.set_overrides(snapshot.overrides)
+                # The snapshot's vectors become the index's matrix (no second copy).
                 entry.index.load(
-                    snapshot.ids, snapshot.vectors, snapshot.metadata, snapshot.searcher
+                    snapshot.ids,
+                    snapshot.vectors,
+                    snapshot.metadata,
+                    snapshot.searcher,
+                    adopt=True,
                 )
                 entry.applied_seq = entry.snapshot_seq = snapshot.seq
             if snapshot is not None and snapshot.tombstones:

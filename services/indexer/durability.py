@@ -15,9 +15,11 @@ from __future__ import annotations
 import io
 import json
 import logging
+import struct
 import threading
+import zipfile
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Protocol
 
 import numpy as np
@@ -128,7 +130,10 @@ class SnapshotStore(Protocol):
         """Writes the snapshot under a new key, then publishes it by one pointer update."""
         ...
 
-    def latest(self, collection: str) -> Snapshot | None: ...
+    def latest(self, collection: str) -> Snapshot | None:
+        """The published snapshot; its vectors array is the caller's own (a recovering
+        index adopts it as its matrix and writes into it later)."""
+        ...
 
     def drop(self, collection: str) -> None:
         """Unpublishes the collection's snapshot pointer, then deletes its snapshot files."""
@@ -310,12 +315,18 @@ class ObjectSnapshotStore:
         if pointer is None:
             return None
         meta = json.loads(pointer)
-        with np.load(io.BytesIO(self._store.get(meta["key"])), allow_pickle=False) as data:
+        raw = self._store.get(meta["key"])
+        with np.load(io.BytesIO(raw), allow_pickle=False) as data:
             ids = data["ids"].tolist()
             metadata = _metadata_from_json(str(data["metadata"][0])) or [ItemMeta()] * len(ids)
             overrides = _overrides_from_json(str(data["params"][0])) if "params" in data else None
             tombstones = tuple(str(i) for i in data["tombstones"]) if "tombstones" in data else ()
-            vectors = data["vectors"]
+            # A read-only view of the downloaded bytes rather than a second copy of the
+            # vectors (the recovering index adopts it and copies it on its first write).
+            vectors = _stored_npz_member(raw, "vectors.npy")
+            if vectors is None:
+                vectors = data["vectors"]
+        del raw
         searcher = self._load_searcher(meta["scann"]) if "scann" in meta else None
         return Snapshot(
             meta["seq"], ids, vectors, metadata, overrides or NO_OVERRIDES, tombstones, searcher
@@ -325,6 +336,40 @@ class ObjectSnapshotStore:
         self._redis.delete(f"snap:{collection}:{self._shard}")
         for key in list(self._store.list(f"{self._bucket}/{collection}/{self._shard}/")):
             self._store.delete(key)
+
+
+def _stored_npz_member(raw: bytes, name: str) -> np.ndarray | None:
+    """A read-only view of an uncompressed .npz member's array inside `raw` (no copy);
+    None when it is compressed, absent, Fortran-ordered or of an object dtype."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(raw)) as archive:
+            info = archive.getinfo(name)
+        if info.compress_type != zipfile.ZIP_STORED:
+            return None
+        local = info.header_offset
+        if raw[local : local + 4] != b"PK\x03\x04":
+            return None
+        name_len, extra_len = struct.unpack("<HH", raw[local + 26 : local + 30])
+        start = local + 30 + name_len + extra_len
+        stream = io.BytesIO(raw[start : start + 1024])  # the .npy header fits in 1 KiB
+        version = np.lib.format.read_magic(stream)
+        read_header = (
+            np.lib.format.read_array_header_1_0
+            if version == (1, 0)
+            else np.lib.format.read_array_header_2_0
+        )
+        shape, fortran_order, dtype = read_header(stream)
+        count = int(np.prod(shape, dtype=np.int64))
+        if (
+            fortran_order
+            or dtype.hasobject
+            or stream.tell() + count * dtype.itemsize > info.file_size
+        ):
+            return None
+        array = np.frombuffer(raw, dtype=dtype, count=count, offset=start + stream.tell())
+        return array.reshape(shape)
+    except (KeyError, ValueError, zipfile.BadZipFile, struct.error):
+        return None
 
 
 class InMemoryWriteAheadLog:
@@ -384,7 +429,10 @@ class InMemorySnapshotStore:
         self._latest[collection] = snapshot
 
     def latest(self, collection: str) -> Snapshot | None:
-        return self._latest.get(collection)
+        snapshot = self._latest.get(collection)
+        if snapshot is None:
+            return None
+        return replace(snapshot, vectors=np.array(snapshot.vectors, dtype=np.float32))
 
     def drop(self, collection: str) -> None:
         self._latest.pop(collection, None)

@@ -4,7 +4,8 @@ Their vectors are kept in a contiguous buffer beside the index matrix, so that s
 one matrix product over that buffer, instead of gathering them from the matrix on every query
 (a fancy index over up to ``MAX_FRESH_ROWS`` rows: 20 MB at 256 dims, 100 MB at 1280); 2.8-5.3x
 faster per query in bench/fresh_rows.py (bench/results/fresh_rows.json).
-Not thread-safe: the index calls it with its lock held.
+Not thread-safe for writes: the index writes under its lock's write side and scores under
+its read side (``scores`` only reads).
 """
 
 from __future__ import annotations
@@ -73,20 +74,23 @@ class FreshRows:
         self._compact()
 
     def scores(
-        self, queries: np.ndarray, allowed: set[int] | None = None
+        self, queries: np.ndarray, allowed: np.ndarray | set[int] | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Exact scores of the fresh rows.
 
         Args:
             queries: float32 [q, dims].
-            allowed: only these rows count (a filter's matches); None = all.
+            allowed: only these rows count (a filter's matches): a bool mask indexed by row
+                (covering every fresh row), or a set of rows; None = all.
 
         Returns:
             (scores float32 [q, m], rows int64 [m]) over the m live (and allowed) slots.
         """
         rows = self._rows[: self._used]
         live = rows != DEAD
-        if allowed is not None:
+        if isinstance(allowed, np.ndarray):
+            live &= allowed[np.where(live, rows, 0)]
+        elif allowed is not None:
             live &= np.isin(rows, np.fromiter(allowed, dtype=np.int64, count=len(allowed)))
         if live.all():
             return queries @ self._vectors[: self._used].T, rows

@@ -12,7 +12,14 @@ from dataclasses import dataclass
 import grpc
 import redis
 
-from services.common.config import ObjectStoreConfig, ServerConfig, env_float, env_int, env_str
+from services.common.config import (
+    ObjectStoreConfig,
+    ServerConfig,
+    env_float,
+    env_int,
+    env_str,
+    redis_url_from_env,
+)
 from services.common.grpc_server import serve_forever
 from services.common.logging_setup import configure_logging
 from services.common.metrics import ServiceMetrics
@@ -39,7 +46,7 @@ class IndexerConfig:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> IndexerConfig:
-        redis_url = env.get("VISEARCH_REDIS_URL", "")
+        redis_url = redis_url_from_env(env, required=False)
         return cls(
             server=ServerConfig.from_env(env, "indexer", DEFAULT_PORT),
             shard_id=env_int(env, "VISEARCH_SHARD_ID", 0, minimum=0, maximum=4095),

@@ -1,8 +1,14 @@
 """One collection's vectors on one shard: exact search while small, ScaNN once large.
 
 Vectors are L2-normalised float32; the score is the inner product (cosine).
-The dense matrix is the source of truth; the ScaNN searcher, once built, is
-kept in step with every upsert and delete through its string docids.
+The dense matrix is the source of truth and the only float32 copy of the vectors: the
+ScaNN searcher, once built, re-orders with int8 codes of them (a quarter of the bytes)
+and its final candidates are re-scored exactly from the matrix. It is kept in step with
+every upsert and delete through its string docids.
+
+Concurrency: a readers-writer lock. Searches, exports, scans and the ScaNN serialisation
+share the read side, so searches of one shard run in parallel (numpy and ScaNN release the
+GIL); upserts, deletes and a build's swap take the write side, briefly.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import scann
+from scann.scann_ops.py.scann_builder import ReorderType
 
 from services.common.errors import InvalidArgumentError
 from services.common.index_types import (
@@ -27,6 +34,7 @@ from services.common.index_types import (
     SearchFilter,
 )
 from services.indexer.fresh_rows import FreshRows
+from services.indexer.rwlock import ReadWriteLock
 from services.indexer.searcher_files import (
     SerializedSearcher,
     digests,
@@ -50,6 +58,32 @@ MIN_SCANN_VECTORS = 1000
 # than the build does (docs/benchmarks.md).
 BUILD_NICENESS = 0
 BUILD_THREADS = 0
+# Growth of the row arrays when full (1.5x: at most half a matrix of slack, and a grow
+# briefly holds 2.5x the old matrix rather than 3x).
+GROWTH_FACTOR = 1.5
+# ScaNN re-orders its candidates with int8 codes of the vectors instead of a float32 copy
+# of them (the shard's matrix is the one float32 copy); the final candidates, twice as many
+# as asked for, are then re-scored exactly from the matrix ...
+REORDER_TYPE = ReorderType.INT8
+# ... at least k + this many of them.
+RESCORE_EXTRA = 20
+
+
+def _blas_product_slots() -> int:
+    """How many exact-search matrix products may run at once: OpenBLAS already spreads one
+    product over every core, and concurrent multi-threaded products oversubscribe them (in
+    bench/index_concurrency_memory.py 4 concurrent searches of 50k x 256 ran at 0.25x the
+    single-lock throughput on 2 cores). With single-threaded BLAS
+    (OPENBLAS_NUM_THREADS / OMP_NUM_THREADS = 1) one slot per core."""
+    cores = os.cpu_count() or 1
+    configured = os.environ.get("OPENBLAS_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS")
+    blas_threads = int(configured) if configured and configured.isdigit() else cores
+    return max(1, cores // max(1, blas_threads))
+
+
+# Process-wide: the products of every collection share the cores. Only the product is
+# gated; top-k selection, ScaNN calls and result assembly of other searches run meanwhile.
+_BLAS_GATE = threading.BoundedSemaphore(_blas_product_slots())
 # A scan page examines at most this many entries per entry it may return.
 SCAN_EXAMINE_FACTOR = 20
 log = logging.getLogger(__name__)
@@ -100,7 +134,7 @@ def build_searcher(
             params.dims_per_block,
             anisotropic_quantization_threshold=params.anisotropic_quantization_threshold,
         )
-        .reorder(params.reorder)
+        .reorder(params.reorder, quantize=REORDER_TYPE)
         .build(docids=docids)
     )
 
@@ -119,7 +153,8 @@ MAX_FILTERED_FETCH = 5000
 
 
 class VectorIndex:
-    """Thread-safe index of (id -> vector [dims] float32) for one collection."""
+    """Thread-safe index of (id -> vector [dims] float32) for one collection: searches run
+    in parallel under the read side of a readers-writer lock, writes under its write side."""
 
     def __init__(self, dims: int, exact_threshold: int, background_builds: bool = True) -> None:
         self.dims = dims
@@ -133,6 +168,10 @@ class VectorIndex:
         self._meta: list[ItemMeta | None] = [None] * INITIAL_CAPACITY
         self._rows_by_label: dict[str, set[int]] = {}
         self._rows_by_attribute: dict[tuple[str, str], set[int]] = {}
+        # Filter condition -> its rows as a sorted int64 array, built on the first query
+        # after a write touched it (writes drop the entry), so a query intersects arrays
+        # instead of copying Python sets.
+        self._filter_rows: dict[tuple[str, ...], np.ndarray] = {}
         self._free_rows: list[int] = []
         self._high_water = 0
         self._scann: scann.scann_ops_pybind.ScannSearcher | None = None
@@ -151,7 +190,7 @@ class VectorIndex:
         self._writes = 0
         self._builder: threading.Thread | None = None
         self.rebuilds = 0
-        self._lock = threading.RLock()
+        self._lock = ReadWriteLock()
 
     @property
     def size(self) -> int:
@@ -181,17 +220,23 @@ class VectorIndex:
         vectors = self.check_upsert(ids, vectors)
         if metadata is not None and len(metadata) != len(ids):
             raise InvalidArgumentError(f"{len(ids)} ids but {len(metadata)} metadata entries")
-        with self._lock:
+        with self._lock.write():
             self._upsert_locked(ids, vectors, metadata)
             self._maybe_rebuild()
 
     def _upsert_locked(
-        self, ids: list[str], vectors: np.ndarray, metadata: list[ItemMeta] | None
+        self,
+        ids: list[str],
+        vectors: np.ndarray,
+        metadata: list[ItemMeta] | None,
+        adopt: bool = False,
     ) -> None:
-        """Applies a checked upsert (vectors float32 [n, dims]); the lock is held."""
-        if self._high_water == 0 and self._fill_empty(ids, vectors, metadata):
+        """Applies a checked upsert (vectors float32 [n, dims]); the write lock is held."""
+        if self._high_water == 0 and self._fill_empty(ids, vectors, metadata, adopt):
             self._changes_since_build += len(ids)
             return
+        if not self._matrix.flags.writeable:
+            self._grow()  # an adopted read-only snapshot array: copied on the first write
         for position, (image_id, vector) in enumerate(zip(ids, vectors, strict=True)):
             row = self._row_of.get(image_id)
             if row is None:
@@ -213,24 +258,37 @@ class VectorIndex:
         self._changes_since_build += len(ids)
 
     def _fill_empty(
-        self, ids: list[str], vectors: np.ndarray, metadata: list[ItemMeta] | None
+        self,
+        ids: list[str],
+        vectors: np.ndarray,
+        metadata: list[ItemMeta] | None,
+        adopt: bool = False,
     ) -> bool:
         """The first upsert into a never-used index (a snapshot load) without a per-row
-        loop: vectors float32 [n, dims] go in as rows 0..n-1. False (nothing done) when
-        ids repeat, which the row-by-row path resolves (the last one wins)."""
+        loop: vectors float32 [n, dims] go in as rows 0..n-1, sized to fit exactly (the next
+        write grows the arrays). adopt: a C-contiguous `vectors` the caller hands over
+        becomes the matrix itself, without a copy (a read-only one, such as a view of the
+        downloaded snapshot, is copied into a writable matrix on the first write). False
+        (nothing done) when ids repeat, which the row-by-row path resolves (the last one
+        wins)."""
         row_of = dict(zip(ids, range(len(ids)), strict=True))
         if len(row_of) != len(ids):
             return False
-        capacity = INITIAL_CAPACITY
-        while capacity < len(ids):
-            capacity *= 2
-        if capacity > self._matrix.shape[0]:
+        n = len(ids)
+        self._filter_rows.clear()
+        capacity = max(INITIAL_CAPACITY, n)
+        adopt = adopt and n >= INITIAL_CAPACITY
+        adopt = adopt and vectors.flags.c_contiguous and vectors.dtype == np.float32
+        if adopt:
+            self._matrix = vectors
+        elif capacity > self._matrix.shape[0]:
             self._matrix = np.zeros((capacity, self.dims), dtype=np.float32)
+        if capacity > self._live.shape[0]:
             self._live = np.zeros(capacity, dtype=bool)
             self._ids = [None] * capacity
             self._meta = [None] * capacity
-        n = len(ids)
-        self._matrix[:n] = vectors
+        if not adopt:
+            self._matrix[:n] = vectors
         self._live[:n] = True
         self._ids[:n] = ids
         self._row_of = row_of
@@ -248,7 +306,7 @@ class VectorIndex:
 
     def delete(self, ids: list[str]) -> int:
         """Removes ids; returns how many existed."""
-        with self._lock:
+        with self._lock.write():
             present = [image_id for image_id in ids if image_id in self._row_of]
             for image_id in present:
                 row = self._row_of.pop(image_id)
@@ -266,7 +324,7 @@ class VectorIndex:
 
     def export(self) -> tuple[list[str], np.ndarray, list[ItemMeta]]:
         """A consistent copy of the live entries: ids, float32 [n, dims] vectors, metadata."""
-        with self._lock:
+        with self._lock.read():
             live_rows = np.flatnonzero(self._live[: self._high_water])
             return (
                 [self._ids[row] or "" for row in live_rows],
@@ -276,8 +334,9 @@ class VectorIndex:
 
     def export_searcher(self) -> SerializedSearcher | None:
         """The serving ScaNN searcher as files, consistent with `export` at this moment
-        (its docids are exactly the live ids); None while queries are exact."""
-        with self._lock:
+        (its docids are exactly the live ids); None while queries are exact. Serialises
+        under the read side of the lock (searches go on; writes wait) and hashes after it."""
+        with self._lock.read():
             if not self._use_scann():
                 return None
             assert self._scann is not None
@@ -286,15 +345,22 @@ class VectorIndex:
                 log.warning("ScaNN docids disagree with the index; snapshot without searcher")
                 return None
             files = searcher_files(self._scann)
-            return SerializedSearcher(
-                files=files,
-                docids=docids,
-                built_size=self._built_size,
-                changes_since_build=self._changes_since_build,
-                fresh_ids=[self._ids[row] or "" for row in self._fresh.rows()],
-                sha256=digests(files),
-                params=asdict(self._scann_params),
+            state = (
+                self._built_size,
+                self._changes_since_build,
+                [self._ids[row] or "" for row in self._fresh.rows()],
+                asdict(self._scann_params),
             )
+        built_size, changes_since_build, fresh_ids, params = state
+        return SerializedSearcher(
+            files=files,
+            docids=docids,
+            built_size=built_size,
+            changes_since_build=changes_since_build,
+            fresh_ids=fresh_ids,
+            sha256=digests(files),
+            params=params,
+        )
 
     def load(
         self,
@@ -302,16 +368,20 @@ class VectorIndex:
         vectors: np.ndarray,
         metadata: list[ItemMeta] | None,
         serialized: SerializedSearcher | None = None,
+        adopt: bool = False,
     ) -> bool:
         """Fills an empty index from a snapshot: vectors float32 [n, dims]. With a serialized
         searcher that fits, serves it at once instead of training one; returns whether it
-        did. Any problem with it is logged and the index builds one as after `upsert`."""
+        did. Any problem with it is logged and the index builds one as after `upsert`.
+        adopt: the caller hands `vectors` over (it must not use them again); a float32
+        C-contiguous array then becomes the index's matrix without a copy, so a recovery
+        holds one copy of the vectors (a read-only one is copied on the first write)."""
         vectors = self.check_upsert(ids, vectors)
         if metadata is not None and len(metadata) != len(ids):
             raise InvalidArgumentError(f"{len(ids)} ids but {len(metadata)} metadata entries")
-        with self._lock:
+        with self._lock.write():
             empty = self._high_water == 0 and self._scann is None and self._pending is None
-            self._upsert_locked(ids, vectors, metadata)
+            self._upsert_locked(ids, vectors, metadata, adopt=adopt and empty)
             installed = False
             if serialized is not None and empty:
                 installed = self._install_serialized(serialized)
@@ -358,7 +428,9 @@ class VectorIndex:
             queries, final_num_neighbors=1, leaves_to_search=params.num_leaves
         )
         expected = np.einsum("ij,ij->i", queries, queries)
-        if not np.allclose(np.asarray(scores)[:, 0], expected, atol=1e-3):
+        # int8 re-ordering scores are within ~2e-3 of the exact ones; a wrong searcher's
+        # best match for a stored vector scores far lower.
+        if not np.allclose(np.asarray(scores)[:, 0], expected, atol=2e-2):
             raise ValueError("serialized searcher does not find stored vectors")
 
     def scan(
@@ -368,12 +440,12 @@ class VectorIndex:
         ids, float32 [n, dims] vectors, metadata, the row to resume from (-1 = end) and
         the live entries examined. Every entry live during the whole scan is returned once.
         """
-        with self._lock:
+        with self._lock.read():
             live_rows = np.flatnonzero(self._live[start_row : self._high_water]) + start_row
             taken: list[int] = []
             examined, next_row = 0, -1
             for row in live_rows.tolist():
-                # Bounded work per call: the lock also holds off searches.
+                # Bounded work per call: the lock's read side holds off writes.
                 if len(taken) == limit or examined == SCAN_EXAMINE_FACTOR * limit:
                     next_row = row
                     break
@@ -389,12 +461,12 @@ class VectorIndex:
             )
 
     def contains(self, image_id: str) -> bool:
-        with self._lock:
+        with self._lock.read():
             return image_id in self._row_of
 
     def vectors_of(self, ids: list[str]) -> list[np.ndarray | None]:
         """The stored vector (float32 [dims], a copy) of each id; None for an id not held."""
-        with self._lock:
+        with self._lock.read():
             rows = [self._row_of.get(image_id) for image_id in ids]
             return [None if row is None else self._matrix[row].copy() for row in rows]
 
@@ -406,7 +478,7 @@ class VectorIndex:
         queries = self._check_vectors(queries, "queries")
         if not 1 <= k <= MAX_K:
             raise InvalidArgumentError(f"k must be in 1..{MAX_K}, got {k}")
-        with self._lock:
+        with self._lock.read():
             if self.size == 0:
                 return [[] for _ in range(queries.shape[0])], "exact"
             if not search_filter.empty:
@@ -426,11 +498,12 @@ class VectorIndex:
         selective = len(rows) <= max(self.exact_threshold, SELECTIVE_FILTER_FRACTION * self.size)
         if selective or not self._use_scann():
             return self._search_exact(queries, k, rows), "exact-filtered"
-        allowed = set(rows.tolist())
+        allowed = np.zeros(self._high_water, dtype=bool)
+        allowed[rows] = True
         fetch = min(self.size, MAX_FILTERED_FETCH, int(np.ceil(2 * k * self.size / len(rows))))
         results = []
         for query_index, found in enumerate(self._search_scann(queries, fetch)):
-            kept = [n for n in found if self._row_of.get(n.id) in allowed][:k]
+            kept = [n for n in found if allowed[self._row_of[n.id]]][:k]
             if len(kept) < k:
                 kept = self._search_exact(queries[query_index : query_index + 1], k, rows)[0]
             results.append(kept)
@@ -441,9 +514,10 @@ class VectorIndex:
         queries: np.ndarray,
         k: int,
         results: list[list[Neighbor]],
-        allowed: set[int] | None = None,
+        allowed: np.ndarray | None = None,
     ) -> list[list[Neighbor]]:
-        """Merges exact scores of rows written since the last build into ANN results."""
+        """Merges exact scores of rows written since the last build into ANN results;
+        allowed: None or bool [high water] (a filter's rows)."""
         if not len(self._fresh):
             return results
         scores, rows = self._fresh.scores(queries, allowed)
@@ -461,25 +535,45 @@ class VectorIndex:
 
     def _matching_rows(self, search_filter: SearchFilter) -> np.ndarray:
         """Sorted int64 rows whose metadata satisfies every condition of the filter."""
-        row_sets = []
+        arrays = []
         if search_filter.label:
-            row_sets.append(self._rows_by_label.get(search_filter.label, set()))
-        for pair in search_filter.attributes.items():
-            row_sets.append(self._rows_by_attribute.get(pair, set()))
-        row_sets.sort(key=len)
-        matching = set(row_sets[0]).intersection(*row_sets[1:])
-        return np.fromiter(sorted(matching), dtype=np.int64, count=len(matching))
+            arrays.append(self._condition_rows(("label", search_filter.label)))
+        for name, value in search_filter.attributes.items():
+            arrays.append(self._condition_rows(("attr", name, value)))
+        arrays.sort(key=len)
+        matching = arrays[0]
+        for other in arrays[1:]:
+            matching = np.intersect1d(matching, other, assume_unique=True)
+        return matching
+
+    def _condition_rows(self, key: tuple[str, ...]) -> np.ndarray:
+        """One filter condition's rows, sorted int64 [m], cached until a write touches it.
+        Called under the read side: concurrent readers may both fill the same entry with
+        equal arrays (a dict store is atomic), and no writer runs meanwhile."""
+        cached = self._filter_rows.get(key)
+        if cached is not None:
+            return cached
+        if key[0] == "label":
+            rows = self._rows_by_label.get(key[1], set())
+        else:
+            rows = self._rows_by_attribute.get((key[1], key[2]), set())
+        array = np.sort(np.fromiter(rows, dtype=np.int64, count=len(rows)))
+        self._filter_rows[key] = array
+        return array
 
     def _search_exact_all(self, queries: np.ndarray, k: int) -> list[list[Neighbor]]:
         """Exact top-k over every live row, on a view of the matrix (no copy)."""
         used = self._high_water
-        scores = queries @ self._matrix[:used].T
+        with _BLAS_GATE:
+            scores = queries @ self._matrix[:used].T
         scores[:, ~self._live[:used]] = -np.inf
         return self._top_k(scores, k, np.arange(used))
 
     def _search_exact(self, queries: np.ndarray, k: int, rows: np.ndarray) -> list[list[Neighbor]]:
         """Exact top-k over the given live rows (int64 [m]; a filter's few matches)."""
-        return self._top_k(queries @ self._matrix[rows].T, min(k, len(rows)), rows)
+        with _BLAS_GATE:
+            scores = queries @ self._matrix[rows].T
+        return self._top_k(scores, min(k, len(rows)), rows)
 
     def _top_k(self, scores: np.ndarray, k: int, rows: np.ndarray) -> list[list[Neighbor]]:
         """scores: float32 [q, m] for `rows` (int64 [m]) -> q lists of the best k."""
@@ -496,8 +590,10 @@ class VectorIndex:
         self._meta[row] = meta
         if meta.label:
             self._rows_by_label.setdefault(meta.label, set()).add(row)
+            self._filter_rows.pop(("label", meta.label), None)
         for pair in meta.attributes.items():
             self._rows_by_attribute.setdefault(pair, set()).add(row)
+            self._filter_rows.pop(("attr", *pair), None)
 
     def _unindex_meta(self, row: int) -> None:
         meta = self._meta[row]
@@ -505,8 +601,10 @@ class VectorIndex:
             return
         if meta.label:
             self._rows_by_label[meta.label].discard(row)
+            self._filter_rows.pop(("label", meta.label), None)
         for pair in meta.attributes.items():
             self._rows_by_attribute[pair].discard(row)
+            self._filter_rows.pop(("attr", *pair), None)
         self._meta[row] = None
 
     def _search_scann(self, queries: np.ndarray, k: int) -> list[list[Neighbor]]:
@@ -515,20 +613,27 @@ class VectorIndex:
         # A k near or above the re-order depth needs deeper re-ordering and more leaves,
         # or recall@k collapses (0.2 at k=1000 with the defaults).
         widen = max(1, math.ceil(2 * k / params.reorder))
-        ids, scores = self._scann.search_batched(
+        pre_reorder = max(params.reorder, 2 * k)
+        ids, _ = self._scann.search_batched(
             queries,
-            final_num_neighbors=k,
-            pre_reorder_num_neighbors=max(params.reorder, 2 * k),
+            # int8 scores can swap near-ties: a few more candidates than k are re-scored.
+            final_num_neighbors=min(max(2 * k, k + RESCORE_EXTRA), pre_reorder, self.size),
+            pre_reorder_num_neighbors=pre_reorder,
             leaves_to_search=min(params.num_leaves, params.leaves_to_search * widen),
         )
-        return [
-            [Neighbor(str(i), float(s)) for i, s in zip(row_ids, row_scores, strict=True)]
-            for row_ids, row_scores in zip(ids, scores, strict=True)
-        ]
+        # Re-scores the (int8-re-ordered) candidates exactly from the matrix, keeps the k best.
+        results = []
+        for query, row_ids in zip(queries, ids, strict=True):
+            found = [str(i) for i in row_ids]
+            rows = np.fromiter((self._row_of[i] for i in found), dtype=np.int64, count=len(found))
+            exact = self._matrix[rows] @ query
+            order = np.argsort(-exact, kind="stable")[:k]
+            results.append([Neighbor(found[c], float(exact[c])) for c in order])
+        return results
 
     def set_overrides(self, overrides: IndexOverrides) -> None:
         """Applies a collection's settings: the threshold at once, ScaNN ones at the next build."""
-        with self._lock:
+        with self._lock.write():
             if overrides == self.overrides:
                 return
             self.overrides = overrides
@@ -614,10 +719,10 @@ class VectorIndex:
             searcher = build_searcher(data, docids, overrides, training_threads)
         except Exception:
             log.exception("ScaNN build failed; serving continues with the previous index")
-            with self._lock:
+            with self._lock.write():
                 self._pending = None
             return
-        with self._lock:
+        with self._lock.write():
             pending = self._pending or []
             for op, ids, vectors in pending:
                 if op == "upsert":
@@ -653,7 +758,7 @@ class VectorIndex:
         return row
 
     def _grow(self) -> None:
-        capacity = self._matrix.shape[0] * 2
+        capacity = int(self._matrix.shape[0] * GROWTH_FACTOR) + 1
         matrix = np.zeros((capacity, self.dims), dtype=np.float32)
         matrix[: self._high_water] = self._matrix[: self._high_water]
         live = np.zeros(capacity, dtype=bool)
@@ -677,8 +782,12 @@ def _gather(
     source: tuple[np.ndarray, np.ndarray, list[str | None]],
 ) -> tuple[np.ndarray, list[str]]:
     """(matrix float32 [capacity, d], live bool [m], ids [m]) -> the live rows as float32
-    [n, d] and their ids."""
+    [n, d] and their ids. When every row is live the rows are a view of the matrix, not a
+    copy (ScaNN copies what it needs; a row rewritten meanwhile is repaired by the replay
+    of the queued writes)."""
     matrix, live, ids = source
+    if live.all():
+        return matrix[: len(live)], [image_id or "" for image_id in ids]
     rows = np.flatnonzero(live)
     return np.ascontiguousarray(matrix[rows]), [ids[row] or "" for row in rows]
 

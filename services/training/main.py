@@ -16,10 +16,11 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from services.common.config import ObjectStoreConfig, env_str
+from services.common.config import ObjectStoreConfig, env_str, redis_url_from_env
 from services.common.errors import InvalidArgumentError, VisearchError
 from services.common.logging_setup import configure_logging
 from services.common.objectstore import S3ObjectStore
+from services.common.tls import TlsConfig
 from services.training.job import JobSettings, ModelWorseError, UpToDate, run_job
 from services.training.settings import LOSSES, PipelineSettings, TrainConfig
 
@@ -134,12 +135,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         gateway = env_str(env, "VISEARCH_GATEWAY", "")
         if args.apply and not gateway:
             raise InvalidArgumentError("--apply needs VISEARCH_GATEWAY (host:port of a gateway)")
+        # Read before the job runs: a missing certificate file fails now, not after training.
+        gateway_tls = TlsConfig.gateway_client_from_env(env)
         store = S3ObjectStore.from_config(ObjectStoreConfig.from_env(env))
-        result = run_job(settings, store, env_str(env, "VISEARCH_REDIS_URL"))
+        result = run_job(settings, store, redis_url_from_env(env))
         if args.apply:
             from visearch.client import VisearchClient
 
-            with VisearchClient(gateway) as client:
+            with VisearchClient(gateway, tls=gateway_tls) as client:
                 for step in client.reembed(args.collection, result.version):
                     log.info("reembed", extra={"fields": {"phase": step.phase, "done": step.done}})
     except UpToDate as exc:

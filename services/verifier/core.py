@@ -1,12 +1,14 @@
 """Geometric re-ranking of global-search candidates (service core, no grpc).
 
 For each candidate the verifier reads its stored local features (through a byte-bounded LRU
-cache), verifies them against the query's (``rotation.verify_grouped``: ``geometry.verify_pair``,
-or per rotation group of a DELF query keeping the best) and fuses the evidence
-with the global score (``fusion.fused_score``). Candidates are verified in parallel: the
-matrix product and the robust fit release the GIL. BLAS is limited to one thread per call
-(``single_threaded_blas``) because the parallelism is across candidates; letting every worker
-spawn BLAS threads oversubscribes the cores (measured ~4x slower on 2 cores).
+cache, all candidates in parallel), matches them against the query's (``geometry.match_batch``:
+one matrix product per chunk of candidates, then per candidate the ratio test and mutual
+nearest neighbours, per rotation group of a DELF query), fits a transform where there are
+enough tentative matches (``rotation.fit_matches``: as ``rotation.verify_grouped`` would) and
+fuses the evidence with the global score (``fusion.fused_score``). Chunks are verified in
+parallel: the matrix product and the robust fit release the GIL. BLAS is limited to one
+thread per call (``single_threaded_blas``) because the parallelism is across chunks; letting
+every worker spawn BLAS threads oversubscribes the cores (measured ~4x slower on 2 cores).
 """
 
 from __future__ import annotations
@@ -24,8 +26,13 @@ from services.common.errors import ConfigError, InvalidArgumentError, NotFoundEr
 from services.common.local_features import LocalFeatures, feature_key
 from services.common.objectstore import ObjectStore
 from services.verifier.fusion import FusionSettings, fused_score
-from services.verifier.geometry import GeometricEvidence, GeometrySettings
-from services.verifier.rotation import settings_for, verify_grouped
+from services.verifier.geometry import (
+    GeometricEvidence,
+    GeometrySettings,
+    chunk_candidates,
+    match_batch,
+)
+from services.verifier.rotation import fit_matches, settings_for
 
 log = logging.getLogger(__name__)
 
@@ -171,21 +178,53 @@ class GeometricReranker:
     ) -> list[RerankedCandidate]:
         """All candidates, best fused score first; ties keep the input (global) order.
 
+        Candidates' features are read in parallel (cache, else the store); then chunks of
+        candidates (``geometry.chunk_candidates``) are matched in parallel, each with one
+        query x chunk matrix product (``geometry.match_batch``), and only candidates with
+        enough tentative matches get a robust fit (``geometry.fit_pairs``).
         return_matches: fill each result's ``inlier_keypoints`` (for drawing matches).
         """
-        results = list(
-            self._executor.map(lambda c: self._score(query, c, return_matches), candidates)
-        )
-        order = sorted(range(len(results)), key=lambda i: (-results[i].score, i))
-        return [results[i] for i in order]
+        loaded = list(self._executor.map(lambda c: self._load(query, c), candidates))
+        results: list[RerankedCandidate | None] = [
+            item if isinstance(item, RerankedCandidate) else None for item in loaded
+        ]
+        # Candidate position -> its features, for those that have them.
+        found = {i: item for i, item in enumerate(loaded) if isinstance(item, LocalFeatures)}
+        for features in found.values():
+            if query.count and features.count and query.dims != features.dims:
+                raise InvalidArgumentError(
+                    f"descriptor dims differ: query {query.dims}, candidate {features.dims}"
+                )
+        positions = list(found)
+        chunks = [
+            [positions[j] for j in chunk]
+            for chunk in chunk_candidates([found[i].count for i in positions])
+        ]
+        futures = [
+            self._executor.submit(
+                self._verify_chunk,
+                query,
+                [candidates[i] for i in chunk],
+                [found[i] for i in chunk],
+                return_matches,
+            )
+            for chunk in chunks
+        ]
+        for chunk, future in zip(chunks, futures, strict=True):
+            for i, result in zip(chunk, future.result(), strict=True):
+                results[i] = result
+        done = [r for r in results if r is not None]
+        order = sorted(range(len(done)), key=lambda i: (-done[i].score, i))
+        return [done[i] for i in order]
 
-    def _score(
-        self, query: LocalFeatures, candidate: Candidate, return_matches: bool = False
-    ) -> RerankedCandidate:
+    def _load(
+        self, query: LocalFeatures, candidate: Candidate
+    ) -> LocalFeatures | RerankedCandidate:
+        """The candidate's stored features, or its unverified result when it has none."""
         version = query.model_version
         key = feature_key(query.feature_type, candidate.sha256, self._features_bucket, version)
         try:
-            features = self._cache.get_or_load(key, self._store)
+            return self._cache.get_or_load(key, self._store)
         except NotFoundError:
             if not version:
                 return _unverified(candidate, REASON_NO_FEATURES)
@@ -197,20 +236,42 @@ class GeometricReranker:
         except InvalidArgumentError as exc:
             log.warning("candidate %s: cannot parse %s: %s", candidate.id, key, exc)
             return _unverified(candidate, REASON_BAD_FEATURES)
+
+    def _verify_chunk(
+        self,
+        query: LocalFeatures,
+        candidates: list[Candidate],
+        features: list[LocalFeatures],
+        return_matches: bool,
+    ) -> list[RerankedCandidate]:
+        """Verifies a few candidates with one matrix product; results in input order."""
         geometry, fusion = settings_for(query.feature_type, self._geometry, self._fusion)
-        evidence, rotation = verify_grouped(query, features, geometry)
-        return RerankedCandidate(
-            id=candidate.id,
-            score=fused_score(candidate.global_score, evidence, fusion),
-            global_score=candidate.global_score,
-            inliers=evidence.inliers,
-            matches=evidence.matches,
-            inlier_ratio=evidence.inlier_ratio,
-            reason=_reason(candidate.global_score, evidence, geometry, rotation),
-            inlier_keypoints=inlier_keypoints(query, features, evidence)
-            if return_matches
-            else None,
+        matches = match_batch(
+            query.descriptors,
+            [f.descriptors for f in features],
+            geometry.ratio,
+            query.group_sizes,
         )
+        out = []
+        for candidate, candidate_features, per_group in zip(
+            candidates, features, matches, strict=True
+        ):
+            evidence, rotation = fit_matches(query, candidate_features, per_group, geometry)
+            out.append(
+                RerankedCandidate(
+                    id=candidate.id,
+                    score=fused_score(candidate.global_score, evidence, fusion),
+                    global_score=candidate.global_score,
+                    inliers=evidence.inliers,
+                    matches=evidence.matches,
+                    inlier_ratio=evidence.inlier_ratio,
+                    reason=_reason(candidate.global_score, evidence, geometry, rotation),
+                    inlier_keypoints=inlier_keypoints(query, candidate_features, evidence)
+                    if return_matches
+                    else None,
+                )
+            )
+        return out
 
 
 def _reason(

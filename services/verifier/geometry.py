@@ -49,6 +49,12 @@ MIN_PERSPECTIVE_DENOMINATOR = 1e-3  # projective w at the query's corners must s
 UNIT_NORM_TOLERANCE = 1e-3
 DUPLICATE_DECIMALS = 2  # matches at the same (query xy, candidate xy) to 0.01 px are one match
 
+# Candidate descriptor rows per batched product (match_batch): [n, MATCH_CHUNK_ROWS] float32
+# similarities, 16 MiB for a 1,000-row query; about four candidates of 1,000 RootSIFT
+# features, so each candidate's passes over its slice stay in cache, and a re-rank of 50
+# candidates gives a dozen chunks to spread over the verifier's workers.
+MATCH_CHUNK_ROWS = 4096
+
 EMPTY_PAIRS = np.zeros((0, 2), dtype=np.int32)
 NEXT_CORNER = np.array([1, 2, 3, 0])
 
@@ -166,6 +172,104 @@ def match_descriptors(query: np.ndarray, candidate: np.ndarray, ratio: float) ->
     _, first = np.unique(columns, return_index=True)
     first.sort()
     return np.stack([passed[first], columns[first]], axis=1).astype(np.int32)
+
+
+def chunk_candidates(counts: list[int], max_rows: int = MATCH_CHUNK_ROWS) -> list[list[int]]:
+    """Consecutive candidate positions grouped so that each group's descriptor rows
+    (``counts``: rows per candidate) total at most ``max_rows``; a larger candidate alone."""
+    chunks: list[list[int]] = []
+    rows = 0
+    for position, count in enumerate(counts):
+        if chunks and rows + count <= max_rows:
+            chunks[-1].append(position)
+            rows += count
+        else:
+            chunks.append([position])
+            rows = count
+    return chunks
+
+
+def match_batch(
+    query: np.ndarray,
+    candidates: list[np.ndarray],
+    ratio: float,
+    group_sizes: tuple[int, ...] = (),
+) -> list[list[np.ndarray]]:
+    """One-to-one matches of a query against several candidates, from ONE matrix product.
+
+    The candidates' descriptors are stacked and multiplied with the query's once
+    ([n, d] x [d, sum m_i]); then, on each candidate's column slice, the same ratio test and
+    mutual-nearest-neighbour check as ``match_descriptors`` (one group, ``group_sizes``
+    empty) or ``rotation.match_grouped`` (each row group alone, L2-unit rows). The result
+    is that of matching each candidate on its own, up to float rounding of the product.
+
+    Args:
+        query: [n, d] float32 descriptors (rows in consecutive groups of ``group_sizes``).
+        candidates: one [m_i, d] float32 array per candidate, all with the query's d.
+        ratio: Lowe ratio on Euclidean distances.
+        group_sizes: row group sizes of the query (sum n), or () for one group.
+
+    Returns:
+        Per candidate, one [k, 2] int32 (query row, candidate row) array per group (one
+        without groups), sorted by query row, no index repeated within a group.
+    """
+    groups = group_sizes or (len(query),)
+    out: list[list[np.ndarray]] = [[EMPTY_PAIRS.copy() for _ in groups] for _ in candidates]
+    present = [i for i, c in enumerate(candidates) if len(c)]
+    if len(query) == 0 or not present:
+        return out
+    query = np.asarray(query, dtype=np.float32)
+    counts = np.array([len(candidates[i]) for i in present])
+    width = int(counts.max())
+    # Each candidate padded to `width` rows, so that the similarities reshape to
+    # [n, candidates, width] and every per-candidate pass runs on contiguous rows.
+    stacked = np.zeros((len(present) * width, query.shape[1]), dtype=np.float32)
+    for slot, i in enumerate(present):
+        stacked[slot * width : slot * width + counts[slot]] = candidates[i]
+    similarity = (query @ stacked.T).reshape(len(query), len(present), width)
+    unit = np.ones(len(present), dtype=bool)
+    if not group_sizes:  # like match_descriptors: s = -d^2 unless both sides are unit rows
+        q_sq = np.einsum("ij,ij->i", query, query)
+        for slot, count in enumerate(counts):
+            block = stacked[slot * width : slot * width + count]
+            c_sq = np.einsum("ij,ij->i", block, block)
+            unit[slot] = _all_unit(q_sq) and _all_unit(c_sq)
+            if not unit[slot]:
+                view = similarity[:, slot, :count]
+                view *= 2.0
+                view -= q_sq[:, None]
+                view -= c_sq[None, :]
+    for slot, count in enumerate(counts):
+        similarity[:, slot, count:] = -np.inf  # padding is never a neighbour
+    sizes = np.asarray(groups, dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    # column_best[g, c, j]: the best similarity of candidate c's row j within query group g.
+    column_best = np.full((len(sizes), len(present), width), np.inf, dtype=np.float32)
+    for g, (first_row, size) in enumerate(zip(starts, sizes, strict=True)):
+        if size:
+            column_best[g] = similarity[first_row : first_row + size].max(axis=0)
+    # Nearest and second-nearest candidate row of every query row, per candidate: [n, c].
+    nearest = similarity.argmax(axis=2)
+    at_nearest = nearest[:, :, None]
+    best = np.take_along_axis(similarity, at_nearest, axis=2)[:, :, 0]
+    np.put_along_axis(similarity, at_nearest, -np.inf, axis=2)
+    second = similarity.max(axis=2)
+    d1_sq = np.where(unit, _squared_distance(best, True), _squared_distance(best, False))
+    d2_sq = np.where(unit, _squared_distance(second, True), _squared_distance(second, False))
+    passed = d1_sq < (ratio * ratio) * d2_sq
+    group_of_row = np.repeat(np.arange(len(sizes)), sizes)
+    slots = np.arange(len(present))
+    passed &= best >= column_best[group_of_row[:, None], slots[None, :], nearest]
+    for slot, i in enumerate(present):
+        for g, (first_row, size) in enumerate(zip(starts, sizes, strict=True)):
+            rows = np.flatnonzero(passed[first_row : first_row + size, slot]) + first_row
+            if rows.size == 0:
+                continue
+            columns = nearest[rows, slot]
+            _, first = np.unique(columns, return_index=True)  # exact ties: keep the first row
+            first.sort()
+            out[i][g] = np.stack([rows[first], columns[first]], axis=1).astype(np.int32)
+    return out
 
 
 def verify_pair(

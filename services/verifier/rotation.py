@@ -124,6 +124,22 @@ def verify_grouped(
     per_group = match_grouped(
         query.descriptors, candidate.descriptors, settings.ratio, query.group_sizes
     )
+    return fit_matches(query, candidate, per_group, settings, fit_groups)
+
+
+def fit_matches(
+    query: LocalFeatures,
+    candidate: LocalFeatures,
+    per_group: list[np.ndarray],
+    settings: GeometrySettings,
+    fit_groups: int = DEFAULT_FIT_GROUPS,
+) -> tuple[GeometricEvidence, float | None]:
+    """Evidence from tentative matches already found (``per_group``: one [k, 2] int32 array
+    per query group, or one array for a query without groups), as ``verify_grouped``
+    would give it: without groups the fit of the one set and rotation None; with groups
+    the best fit of the ``fit_groups`` groups with the most matches, and its rotation."""
+    if not query.group_sizes:
+        return fit_pairs(query, candidate, per_group[0], settings), None
     order = sorted(range(len(per_group)), key=lambda g: (-len(per_group[g]), g))
     best, best_rotation = GeometricEvidence(matches=len(per_group[order[0]])), None
     for g in order[:fit_groups]:

@@ -7,7 +7,11 @@ import numpy as np
 
 from services.common.errors import InvalidArgumentError
 from services.common.metrics import ServiceMetrics
-from services.common.proto_convert import RERANK_MODE_NAMES, local_features_from_proto
+from services.common.proto_convert import (
+    RERANK_MODE_NAMES,
+    local_features_from_proto,
+    vector_from_proto,
+)
 from services.verifier.core import Candidate, GeometricReranker, RerankedCandidate
 from services.verifier.texture import TextureCandidate, TextureReranker
 from visearch.v1 import verifier_pb2, verifier_pb2_grpc
@@ -59,7 +63,7 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
         candidates = [
             TextureCandidate(c.id, c.sha256, c.global_score, c.label) for c in request.candidates
         ]
-        query = np.asarray(request.query_texture.values, dtype=np.float32)
+        query = vector_from_proto(request.query_texture)
         return self._texture.rerank(
             query, request.texture_type, candidates, query_sha256=request.query_sha256
         )

@@ -4,7 +4,7 @@ import pytest
 from minio import Minio
 
 from services.common.errors import InvalidArgumentError
-from visearch import demo, localstack
+from visearch import demo
 from visearch.client import IngestItem
 
 pytestmark = pytest.mark.integration
@@ -26,9 +26,7 @@ def test_ingest_stores_delf_features_under_their_type_and_model_version(
     stack, delf_gallery, models_dir
 ):
     newest = sorted((models_dir / "local").glob("*/manifest.json"))[-1].parent.name
-    minio = Minio(
-        stack.s3_endpoint, localstack.S3_ACCESS_KEY, localstack.S3_SECRET_KEY, secure=False
-    )
+    minio = Minio(stack.s3_endpoint, stack.s3_access_key, stack.s3_secret_key, secure=False)
     stored = list(minio.list_objects("features", prefix=f"delf/{newest}/", recursive=True))
     assert len(stored) >= len(delf_gallery)
 

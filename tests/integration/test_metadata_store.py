@@ -6,6 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from services.common.errors import UnavailableError
 from services.common.metadata import CollectionConfig, ImageMeta, RedisMetadataStore
 
 pytestmark = pytest.mark.integration
@@ -60,3 +61,36 @@ def test_records_from_before_texture_opt_in_read_as_texture_on(storage):
     fresh = f"c-{uuid.uuid4().hex[:8]}"
     assert store.create_collection(config(fresh))
     assert store.get_collection(fresh).texture_features is False
+
+
+def test_references_and_erasure_ledger_on_valkey(storage):
+    import redis
+
+    from services.common.blob_ledger import RedisBlobLedger
+
+    store = RedisMetadataStore(storage[0])
+    ledger = RedisBlobLedger(redis.Redis.from_url(storage[0], decode_responses=True))
+    name, other = f"c-{uuid.uuid4().hex[:8]}", f"d-{uuid.uuid4().hex[:8]}"
+    sha_a, sha_b = uuid.uuid4().hex * 2, uuid.uuid4().hex * 2
+    store.create_collection(config(name))
+    assert name in store.list_collections()
+    ledger.pin({sha_a: [f"images/{sha_a}", f"features/rootsift/{sha_a}.npz"]}, ttl_s=30)
+    metas = [ImageMeta(i, sha_a, "", "model-v1", 0, 1.0) for i in ("x", "y")]
+    assert store.put_images(name, metas) == [False, False]
+    ledger.unpin([sha_a])
+    assert ledger.referenced_by(name, sha_a) and not ledger.referenced_by(other, sha_a)
+    assert ledger.begin_erase(sha_a, 30) is None  # referenced: leaves the queue
+    assert sha_a not in ledger.due(time.time() + 1, 10_000)
+    store.put_image(name, ImageMeta("x", sha_b, "", "model-v1", 0, 1.0))  # replaced
+    store.delete_image(name, "y")
+    assert sha_a in ledger.due(time.time() + 1, 10_000)
+    ledger.pin({sha_a: []}, ttl_s=30)  # an ingest of the same bytes in flight
+    assert ledger.begin_erase(sha_a, 30) is None
+    ledger.unpin([sha_a])
+    keys = ledger.begin_erase(sha_a, 30)
+    assert sorted(keys) == [f"features/rootsift/{sha_a}.npz", f"images/{sha_a}"]
+    with pytest.raises(UnavailableError, match="being erased"):  # excluded while erasing
+        ledger.pin({sha_a: []}, ttl_s=30)
+    ledger.end_erase(sha_a)
+    assert sha_a not in ledger.due(time.time() + 1, 10_000)
+    ledger.pin({sha_a: []}, ttl_s=30)  # free again

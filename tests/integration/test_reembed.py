@@ -38,7 +38,7 @@ LATE = 4
 def versions(stack, tmp_path_factory):
     """Two test versions (tiny 64-d ONNX graphs) published to the stack's registry."""
     pytest.importorskip("onnx")
-    store = S3ObjectStore(stack.s3_endpoint, localstack.S3_ACCESS_KEY, localstack.S3_SECRET_KEY)
+    store = S3ObjectStore(stack.s3_endpoint, stack.s3_access_key, stack.s3_secret_key)
     root = tmp_path_factory.mktemp("variants")
     for version, seed in (("variant-a", 1), ("variant-b", 2)):
         publish(store, "models", build_variant(root, version, dims=64, seed=seed))
@@ -69,7 +69,7 @@ def process(stack, name):
 
 
 def embedder_stub(stack):
-    channel = grpc.insecure_channel(process(stack, "embedder").address)
+    channel = localstack.grpc_channel(stack, process(stack, "embedder").address)
     return channel, embedder_pb2_grpc.EmbedderStub(channel)
 
 
@@ -92,7 +92,7 @@ def embedded_by_version(stack) -> dict[str, int]:
 def shard_namespaces(stack) -> dict[str, int]:
     sizes: dict[str, int] = {}
     for i in range(stack.shards):
-        with grpc.insecure_channel(process(stack, f"indexer-{i}").address) as channel:
+        with localstack.grpc_channel(stack, process(stack, f"indexer-{i}").address) as channel:
             stats = indexer_pb2_grpc.IndexerStub(channel).Stats(
                 indexer_pb2.IndexStatsRequest(), timeout=30
             )
@@ -263,6 +263,7 @@ def test_the_cli_switches_back_to_the_default_version(stack, client, versions, g
     result = CliRunner().invoke(
         app,
         ["reembed", "-c", COLLECTION, "--model", default, "--gateway", stack.gateway]
+        + ["--state-dir", stack.state_dir]
         + ["--drop-grace", "0.5", "--batch-size", "8"],
     )
     assert result.exit_code == 0, result.output

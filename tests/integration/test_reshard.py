@@ -6,7 +6,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import grpc
 import pytest
 from typer.testing import CliRunner
 
@@ -30,9 +29,9 @@ def reshard_stack(tmp_path_factory, models_dir):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("VISEARCH_RESHARD_PAGE_SIZE", "1")
         patch.setenv("VISEARCH_RESHARD_PAGE_PAUSE_S", "0.4")
-        state = localstack.up(state_dir, shards=2, models_dir=models_dir, indexers=3)
+        state = localstack.up(state_dir, shards=2, models_dir=models_dir, indexers=3, tls=True)
         try:
-            with VisearchClient(state.gateway, timeout_s=120) as client:
+            with localstack.connect(state, timeout_s=120) as client:
                 yield state, client
         finally:
             localstack.down(state_dir)
@@ -51,7 +50,7 @@ def placement(state_dir: str) -> Counter:
         if not process.name.startswith("indexer-"):
             continue
         shard = int(process.name.split("-")[1])
-        with grpc.insecure_channel(process.address) as channel:
+        with localstack.grpc_channel(state, process.address) as channel:
             stub = indexer_pb2_grpc.IndexerStub(channel)
             token = ""
             while True:

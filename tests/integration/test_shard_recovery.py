@@ -8,7 +8,6 @@ import time
 import uuid
 from pathlib import Path
 
-import grpc
 import numpy as np
 import pytest
 import redis
@@ -16,7 +15,10 @@ from PIL import Image
 
 from services.common.errors import VisearchError
 from services.common.index_types import IndexOverrides, ItemMeta, SearchFilter
+from services.common.metadata import ImageMeta, RedisMetadataStore
 from services.common.objectstore import S3ObjectStore
+from services.common.proto_convert import vector_from_proto, vectors_to_proto
+from services.common.sharding import shard_of
 from services.indexer.core import Shard
 from services.indexer.durability import ObjectSnapshotStore, RedisWriteAheadLog
 from services.indexer.vector_index import MIN_SCANN_VECTORS
@@ -61,7 +63,7 @@ def test_recovery_on_real_redis_and_s3(durable_shard):
 def test_only_the_newest_two_snapshots_are_kept(durable_shard, storage):
     """Each snapshot deletes the folders older than the previous one; recovery is unchanged."""
     _, s3_endpoint = storage
-    store = S3ObjectStore(s3_endpoint, localstack.S3_ACCESS_KEY, localstack.S3_SECRET_KEY)
+    store = S3ObjectStore(s3_endpoint, storage.s3_access_key, storage.s3_secret_key)
     shard_id = int(uuid.uuid4().int % 1000) + 2100
     shard = durable_shard(shard_id)
     rng = np.random.default_rng(4)
@@ -82,7 +84,7 @@ def test_scann_searcher_snapshot_on_real_redis_and_s3(storage):
     """The serialized searcher round-trips through S3; a damaged object costs a rebuild."""
     redis_url, s3_endpoint = storage
     client = redis.Redis.from_url(redis_url)
-    store = S3ObjectStore(s3_endpoint, localstack.S3_ACCESS_KEY, localstack.S3_SECRET_KEY)
+    store = S3ObjectStore(s3_endpoint, storage.s3_access_key, storage.s3_secret_key)
     shard_id = int(uuid.uuid4().int % 1000) + 1100
     wal = RedisWriteAheadLog(client, shard_id)
     snaps = ObjectSnapshotStore(store, "snapshots", client, shard_id)
@@ -97,7 +99,7 @@ def test_scann_searcher_snapshot_on_real_redis_and_s3(storage):
     assert index.method == "scann" and index.rebuilds == 0 and not index.rebuilding
     assert_same_results(restarted, original, unit(rng, 20, 16))
 
-    dataset = next(key for key in store.list(prefix) if key.endswith("/scann/dataset.npy"))
+    dataset = next(key for key in store.list(prefix) if key.endswith("/scann/int8_dataset.npy"))
     store.put(dataset, b"damaged")
     rebuilt = Shard(0, MIN_SCANN_VECTORS, wal, snaps)
     rebuilt.recover()
@@ -177,7 +179,7 @@ def test_kill_9_of_a_shard_loses_nothing_acknowledged(client, stack, tmp_path):
     # Snapshot the shard, then kill it again: snapshot + log replay keeps everything.
     restarted = localstack.StackState.load(Path(stack.state_dir))
     address = next(p.address for p in restarted.processes if p.name == "indexer-0")
-    with grpc.insecure_channel(address) as channel:
+    with localstack.grpc_channel(restarted, address) as channel:
         covered = indexer_pb2_grpc.IndexerStub(channel).Snapshot(indexer_pb2.SnapshotRequest())
     assert "durable" in covered.covered_seq
     client.ingest("durable", [IngestItem("after-snapshot", image=extra_image)])
@@ -187,3 +189,74 @@ def test_kill_9_of_a_shard_loses_nothing_acknowledged(client, stack, tmp_path):
     acknowledged["after-snapshot"] = extra_image
     for image_id, data in acknowledged.items():
         assert client.search("durable", data, k=1, rerank="none").hits[0].id == image_id
+
+
+RECOVERY_VECTORS = 50_000
+
+
+def test_a_recovering_shard_is_missing_never_silently_short(client, stack, tmp_path):
+    """A shard with 50k vectors is killed and restarted while searches run: every answer is
+    the full answer or says partial, naming that shard (never a short answer from a shard
+    that is still replaying its log)."""
+    state = localstack.StackState.load(Path(stack.state_dir))
+    (query,) = crops(demo.write_samples(tmp_path / "samples"), 1)
+    client.ingest("recovering", [IngestItem("seed", image=query)])
+    address = next(p.address for p in state.processes if p.name == "indexer-0")
+    rng = np.random.default_rng(5)
+    ids = [f"r-{i}" for i in range(RECOVERY_VECTORS * 3) if shard_of(f"r-{i}", 2) == 0]
+    ids = ids[:RECOVERY_VECTORS]
+    metadata = RedisMetadataStore(stack.redis_url)
+    with localstack.grpc_channel(state, address) as channel:
+        stub = indexer_pb2_grpc.IndexerStub(channel)
+        page = stub.Fetch(indexer_pb2.FetchRequest(collection="recovering", limit=10))
+        dims = len(vector_from_proto(page.vectors[0])) if page.vectors else None
+        if dims is None:  # the seed went to shard 1
+            other = next(p.address for p in state.processes if p.name == "indexer-1")
+            with localstack.grpc_channel(state, other) as channel_1:
+                page = indexer_pb2_grpc.IndexerStub(channel_1).Fetch(
+                    indexer_pb2.FetchRequest(collection="recovering", limit=10)
+                )
+            dims = len(vector_from_proto(page.vectors[0]))
+        for start in range(0, len(ids), 2000):
+            chunk = ids[start : start + 2000]
+            vectors = unit(rng, len(chunk), dims)
+            stub.Upsert(
+                indexer_pb2.UpsertRequest(
+                    collection="recovering", ids=chunk, vectors=vectors_to_proto(vectors)
+                ),
+                timeout=120,
+            )
+            metadata.put_images(
+                "recovering",
+                [ImageMeta(i, "0" * 64, "", state.model_version, 0, 0.0) for i in chunk],
+            )
+    reference = client.search("recovering", query, k=10, rerank="none", require_complete=True)
+    expected = [h.id for h in reference.hits]
+    assert len(expected) == 10
+    answers: list[tuple[bool, list[int], list[str]]] = []
+    stop = threading.Event()
+
+    def searcher():
+        while not stop.is_set():
+            try:
+                found = client.search("recovering", query, k=10, rerank="none", timeout_s=10)
+            except VisearchError:
+                continue
+            answers.append((found.partial, found.missing_shards, [h.id for h in found.hits]))
+
+    thread = threading.Thread(target=searcher)
+    thread.start()
+    try:
+        time.sleep(1.0)
+        shard = next(p for p in state.processes if p.name == "indexer-0")
+        os.kill(shard.pid, signal.SIGKILL)
+        localstack.restart(Path(stack.state_dir), "indexer-0", only_if_dead=True)
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        thread.join()
+    partial = [a for a in answers if a[0]]
+    complete = [a for a in answers if not a[0]]
+    assert partial and complete, (len(partial), len(complete))
+    assert all(missing == [0] for _, missing, _ in partial)
+    assert all(hits == expected for _, _, hits in complete), "a complete answer was short"

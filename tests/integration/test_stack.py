@@ -6,11 +6,13 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 from minio import Minio
+from PIL import Image
 
 from services.common.errors import (
     InvalidArgumentError,
@@ -39,9 +41,7 @@ def gallery(client, samples):
 
 
 def minio_client(stack) -> Minio:
-    return Minio(
-        stack.s3_endpoint, localstack.S3_ACCESS_KEY, localstack.S3_SECRET_KEY, secure=False
-    )
+    return Minio(stack.s3_endpoint, stack.s3_access_key, stack.s3_secret_key, secure=False)
 
 
 def image_objects(stack) -> int:
@@ -166,6 +166,8 @@ def test_cli_searches_a_manifest_as_json(stack, gallery, tmp_path):
             "--json",
             "--gateway",
             stack.gateway,
+            "--state-dir",
+            stack.state_dir,
         ],
         capture_output=True,
         text=True,
@@ -180,16 +182,46 @@ def test_cli_searches_a_manifest_as_json(stack, gallery, tmp_path):
 
 def test_images_by_object_key_and_size_limits(client, stack, samples):
     data = samples[5].read_bytes()
-    minio_client(stack).put_object("uploads", "staged/photo.jpg", io.BytesIO(data), len(data))
-    client.ingest("keys", [IngestItem("staged", object_key="uploads/staged/photo.jpg")])
-    hits = client.search("keys", object_key="uploads/staged/photo.jpg", k=1).hits
+    minio_client(stack).put_object("uploads", "keys/photo.jpg", io.BytesIO(data), len(data))
+    client.ingest("keys", [IngestItem("staged", object_key="uploads/keys/photo.jpg")])
+    hits = client.search("keys", object_key="uploads/keys/photo.jpg", k=1).hits
     assert hits[0].id == "staged" and hits[0].score > 0.99
-    with pytest.raises(NotFoundError, match="uploads/missing.jpg"):
-        client.ingest("keys", [IngestItem("nope", object_key="uploads/missing.jpg")])
+    with pytest.raises(NotFoundError, match="uploads/keys/missing.jpg"):
+        client.ingest("keys", [IngestItem("nope", object_key="uploads/keys/missing.jpg")])
     too_big = b"\xff" * (20 * 1024 * 1024 + 1)
     with pytest.raises(ResourceExhaustedError, match="above the limit"):
         client.ingest("keys", [IngestItem("big", image=too_big)])
     assert client.stats("keys").images == 1
+
+
+def test_a_deleted_image_is_erased_and_other_collections_cannot_name_it(client, stack, samples):
+    buffer = io.BytesIO()  # bytes no other test ingests (those would keep them referenced)
+    Image.open(samples[6]).convert("RGB").crop((3, 3, 200, 180)).save(buffer, format="JPEG")
+    data = buffer.getvalue()
+    (outcome,) = client.ingest("erase-a", [IngestItem("doomed", image=data)])
+    client.ingest("erase-b", [IngestItem("other", image=samples[7].read_bytes())])
+    key = f"images/{outcome.sha256}"
+    with pytest.raises(NotFoundError, match="no image"):
+        client.ingest("erase-b", [IngestItem("stolen", object_key=key)])
+    assert client.search("erase-a", object_key=key, k=1).hits[0].id == "doomed"
+    s3 = minio_client(stack)
+    names = [o.object_name for o in s3.list_objects("features", recursive=True)]
+    assert any(outcome.sha256 in name for name in names)
+    client.delete("erase-a", ["doomed"])
+    with pytest.raises(NotFoundError):
+        client.get_image("erase-a", "doomed")
+    deadline = time.monotonic() + 30  # VISEARCH_ERASE_AFTER_S=1 in tests/integration/conftest.py
+    while time.monotonic() < deadline:
+        left = [
+            o.object_name
+            for bucket in ("images", "features")
+            for o in s3.list_objects(bucket, recursive=True)
+            if outcome.sha256 in o.object_name
+        ]
+        if not left:
+            break
+        time.sleep(0.5)
+    assert not left, f"still stored after the delete: {left}"
 
 
 def test_search_filters_by_label_and_attribute(client, samples):

@@ -87,7 +87,9 @@ def test_search_show_draws_results_and_inlier_lines(stack, groups, tmp_path):
     out = tmp_path / "show.png"
     runner = CliRunner()
     args = ["search", "-c", "texture-groups", str(query), "--k", "4", "--rerank", "geometric"]
-    result = runner.invoke(app, [*args, "--show", str(out), "--gateway", stack.gateway])
+    result = runner.invoke(
+        app, [*args, "--show", str(out), "--gateway", stack.gateway, "--state-dir", stack.state_dir]
+    )
     assert result.exit_code == 0, result.output
     picture = cv2.imread(str(out))
     height, width = picture.shape[:2]

@@ -22,7 +22,7 @@ GROUPS = 8
 def labelled_collection(storage, built_model_dir):
     """A collection of 8 ukbench groups (32 images) stored as the gateway stores them."""
     redis_url, s3 = storage
-    store = S3ObjectStore(s3, localstack.S3_ACCESS_KEY, localstack.S3_SECRET_KEY)
+    store = S3ObjectStore(s3, storage.s3_access_key, storage.s3_secret_key)
     store.ensure_buckets(list(localstack.BUCKETS))
     base = publish(store, "models", built_model_dir)
     metadata = RedisMetadataStore(redis_url)
@@ -48,7 +48,7 @@ def _args(collection: str, cache: Path, *extra: str) -> list[str]:
 
 
 def test_worse_model_is_refused_then_published_with_force(
-    labelled_collection, tmp_path, monkeypatch, capsys
+    labelled_collection, storage, tmp_path, monkeypatch, capsys
 ) -> None:
     from services.training import main as job_main
     from services.training.pipeline import data_digest
@@ -56,8 +56,8 @@ def test_worse_model_is_refused_then_published_with_force(
     collection, store, redis_url, base, s3 = labelled_collection
     monkeypatch.setenv("VISEARCH_REDIS_URL", redis_url)
     monkeypatch.setenv("VISEARCH_S3_ENDPOINT", s3)
-    monkeypatch.setenv("VISEARCH_S3_ACCESS_KEY", localstack.S3_ACCESS_KEY)
-    monkeypatch.setenv("VISEARCH_S3_SECRET_KEY", localstack.S3_SECRET_KEY)
+    monkeypatch.setenv("VISEARCH_S3_ACCESS_KEY", storage.s3_access_key)
+    monkeypatch.setenv("VISEARCH_S3_SECRET_KEY", storage.s3_secret_key)
     cache = tmp_path / "features"
     models_before = set(store.list("models/global/"))
 
@@ -131,13 +131,16 @@ def test_trained_model_serves_like_the_global_model(labelled_collection, tmp_pat
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
 
 
-def test_visearch_train_command_uses_the_stack_state(labelled_collection, tmp_path) -> None:
+def test_visearch_train_command_uses_the_stack_state(
+    labelled_collection, storage, tmp_path
+) -> None:
     from typer.testing import CliRunner
 
     from visearch.cli import app
 
     collection, store, redis_url, base, s3 = labelled_collection
     state = localstack.StackState(str(tmp_path), 1, "127.0.0.1:1", redis_url, s3, base.version)
+    state.s3_access_key, state.s3_secret_key = storage.s3_access_key, storage.s3_secret_key
     state.save()
     args = ["train", "-c", collection, "--state-dir", str(tmp_path), "--json", "--dims", "8",
             "--epochs", "2", "--views", "1", "--holdout", "0.5", "--seed", "1", "--force",

@@ -76,3 +76,41 @@ def test_local_features_in_original_pixels(core):
     assert features.keypoints[:, 0].max() < 600 and features.keypoints[:, 1].max() < 400
     with pytest.raises(InvalidArgumentError, match="not supported"):
         core.extract_local([jpeg(skimage_data.coffee())], "surf", 0)
+
+
+def test_extract_decodes_each_image_once_and_matches_the_separate_calls(core, monkeypatch):
+    import services.embedder.core as core_module
+    from services.embedder.texture import TEXTURE_TYPE
+
+    images = [
+        jpeg(skimage_data.chelsea()),
+        jpeg(skimage_data.astronaut()),
+        jpeg(skimage_data.coffee()),
+    ]
+    vectors = core.embed_global(images)
+    features = core.extract_local(images, "rootsift", 0)
+    textures, _ = core.extract_texture(images)
+    decodes = []
+    real_decode = core_module.decode_rgb
+
+    def counting_decode(data, limits):
+        decodes.append(data)
+        return real_decode(data, limits)
+
+    monkeypatch.setattr(core_module, "decode_rgb", counting_decode)
+    extracted = core.extract(images, "", "rootsift", 0, texture=True, timeout=60)
+    assert sorted(decodes) == sorted(images)  # one decode per image, for all three outputs
+    assert np.allclose(extracted.vectors, vectors, atol=1e-4)
+    assert [f.count for f in extracted.features] == [f.count for f in features]
+    for got, want in zip(extracted.features, features, strict=True):
+        assert np.allclose(got.descriptors, want.descriptors, atol=1e-5)
+    assert extracted.texture_type == TEXTURE_TYPE
+    assert extracted.textures is not None
+    for got, want in zip(extracted.textures, textures, strict=True):
+        assert np.allclose(got, want)
+    plain = core.extract(images[:1], "", "none", 0)
+    assert plain.features == [] and plain.textures is None and plain.texture_type == ""
+    with pytest.raises(InvalidArgumentError, match="image 1: image bytes cannot be decoded"):
+        core.extract([images[0], b"garbage"], "", "rootsift", 0)
+    with pytest.raises(InvalidArgumentError, match="not supported"):
+        core.extract(images[:1], "", "surf", 0)

@@ -19,6 +19,7 @@ from services.common.metadata import InMemoryMetadataStore
 from services.common.objectstore import InMemoryObjectStore
 from services.gateway.core import GatewayCore, GatewaySettings, Services
 from services.gateway.ports import (
+    Extraction,
     GlobalEmbeddings,
     IngestItem,
     RerankOutput,
@@ -40,6 +41,16 @@ class PixelEmbedder:
 
     def __init__(self):
         self.embedded: dict[str, int] = {}
+        self.port_calls: list[str] = []  # the port methods called, in order
+
+    def extract(self, images, model_version, feature_type, texture, timeout):
+        """The ingest's one call: built from the other methods (subclasses override them)."""
+        self.port_calls.append("extract")
+        return Extraction(
+            self.embed_global(images, timeout, model_version),
+            self.extract_local(images, feature_type, timeout),
+            self.extract_texture(images, timeout) if texture else None,
+        )
 
     def embed_global(self, images, timeout, model_version=""):
         version = model_version or "pixels-v1"
@@ -159,6 +170,20 @@ def test_ingest_then_search_finds_the_same_image(gateway):
     assert set(result.timings_ms) >= {"embed", "index", "metadata", "total"}
     assert gateway.store.exists(f"images/{outcomes[1].sha256}")
     assert gateway.store.exists(f"features/rootsift/{outcomes[1].sha256}.npz")
+
+
+def test_an_ingest_makes_one_embedder_call_per_batch_with_texture(gateway):
+    gateway.create_collection("tex", texture_features=True)
+    embedder = gateway.services.embedder
+    embedder.port_calls.clear()
+    items = [IngestItem(f"t{i}", image=jpeg(i)) for i in range(5)]
+    outcomes = gateway.ingest("tex", items, create=False, timeout_s=None)
+    assert embedder.port_calls == ["extract"]
+    from services.common.texture_features import texture_key
+    from services.embedder.texture import TEXTURE_TYPE
+
+    for outcome in outcomes:
+        assert gateway.store.exists(texture_key(TEXTURE_TYPE, outcome.sha256, "features"))
 
 
 def test_reingest_replaces_and_delete_removes(gateway):
@@ -286,3 +311,53 @@ def test_a_collection_can_choose_a_registered_model_version(gateway):
         gateway.create_collection("nope", model_version="no-such-model")
     with pytest.raises(NotFoundError):
         gateway.collection("nope")  # nothing was stored
+
+
+class CountingMetadata(InMemoryMetadataStore):
+    """Counts collection reads."""
+
+    def __init__(self):
+        super().__init__()
+        self.collection_reads = 0
+
+    def get_collection(self, name):
+        self.collection_reads += 1
+        return super().get_collection(name)
+
+
+def test_a_search_reads_the_collection_once_unless_a_reshard_may_have_moved_ids():
+    from dataclasses import replace
+
+    from services.gateway.reshard import ReshardSettings
+
+    metadata = CountingMetadata()
+    shards = [InProcessShard(0), InProcessShard(1), InProcessShard(2)]
+    settings = GatewaySettings(
+        "images", "features", 1_000_000, "pixels-v1", default_shards=2,
+        reshard=ReshardSettings(flip_grace_s=5.0),
+    )  # fmt: skip
+    core = GatewayCore(
+        Services(PixelEmbedder(), shards, ReverseVerifier(), InMemoryObjectStore(), metadata),
+        settings,
+    )
+    try:
+        ingest_three(core)
+        metadata.collection_reads = 0
+        core.search(SearchQuery("c", image=jpeg(1), k=2, rerank="none"), None)
+        assert metadata.collection_reads == 1
+        # A reshard in progress: the search re-reads the layout after its shard round.
+        stable = metadata.get_collection("c")
+        metadata.update_collection(stable, replace(stable, target_shards=3))
+        metadata.collection_reads = 0
+        core.search(SearchQuery("c", image=jpeg(1), k=2, rerank="none"), None)
+        assert metadata.collection_reads == 2
+        # A search slower than half the flip grace re-reads as well (a reshard may have
+        # opened, flipped and cleaned up meanwhile).
+        resharding = metadata.get_collection("c")
+        metadata.update_collection(resharding, replace(resharding, shards=3, target_shards=0))
+        core._settings = replace(settings, reshard=ReshardSettings(flip_grace_s=0.0))
+        metadata.collection_reads = 0
+        core.search(SearchQuery("c", image=jpeg(1), k=2, rerank="none"), None)
+        assert metadata.collection_reads == 2
+    finally:
+        core.close()

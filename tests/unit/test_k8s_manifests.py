@@ -541,3 +541,94 @@ def test_dashboard_ships_as_a_grafana_sidecar_configmap():
     assert files == ["visearch.json"]
     base = load_docs(BASE / "kustomization.yaml")[0]
     assert "../dashboards" in base["resources"]
+
+
+# --------------------------------------------------------------------------- TLS component
+
+TLS_COMPONENT = K8S / "components" / "tls"
+HEALTH_PORT = 8086
+
+
+def test_tls_component_mounts_the_secret_and_probes_the_plaintext_health_port(tmp_path):
+    """cpu overlay + components/tls: every service gets the Secret's files and its config
+    parses (internal services require client certificates, the gateway does not)."""
+    import os
+
+    from services.common.config import ServerConfig
+
+    yaml = yaml_module()
+    command = kustomize_command()
+    if command is None:
+        pytest.skip("neither kustomize nor kubectl on PATH")
+    rel = Path(os.path.relpath(K8S, tmp_path))
+    (tmp_path / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        f"resources:\n  - {rel / 'overlays' / 'cpu'}\n"
+        f"components:\n  - {rel / 'components' / 'tls'}\n",
+        encoding="utf-8",
+    )
+    result = subprocess.run([*command, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    docs = [d for d in yaml.safe_load_all(result.stdout) if d is not None]
+    shared = next(
+        d
+        for d in docs
+        if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("visearch-config")
+    )["data"]
+    # The Secret's files, as test files (the services check that they exist).
+    files = {}
+    for name in ("tls.crt", "tls.key", "ca.crt"):
+        files[f"/etc/visearch/tls/{name}"] = str(tmp_path / name)
+        (tmp_path / name).write_text("PEM", encoding="utf-8")
+    for service, kind in WORKLOAD_KINDS.items():
+        workload = find(docs, kind, service)
+        container = visearch_container(workload)
+        volumes = {v["name"]: v for v in workload["spec"]["template"]["spec"]["volumes"]}
+        assert volumes["tls"]["secret"]["secretName"] == "visearch-tls"
+        mount = next(m for m in container["volumeMounts"] if m["name"] == "tls")
+        assert mount["mountPath"] == "/etc/visearch/tls" and mount["readOnly"]
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert container[probe]["grpc"]["port"] == HEALTH_PORT, (service, probe)
+        env = {k: files.get(v, v) for k, v in shared.items()}
+        env.update({e["name"]: str(e["value"]) for e in container["env"] if "value" in e})
+        config = ServerConfig.from_env(env, service, 0)
+        assert config.health_port == HEALTH_PORT
+        assert config.tls is not None
+        assert config.tls.cert == str(tmp_path / "tls.crt")
+        assert config.tls.require_client_cert == (service != "gateway")
+
+
+def test_valkey_needs_the_secrets_password_and_the_services_send_it():
+    """Valkey's default user is off and its ACL user comes from the visearch-redis Secret;
+    the services that use Redis get the same Secret and add it to VISEARCH_REDIS_URL."""
+    from urllib.parse import urlsplit
+
+    from services.common.config import redis_url_from_env
+
+    docs = base_resources()
+    redis = find(docs, "StatefulSet", "redis")["spec"]["template"]["spec"]["containers"][0]
+    args = redis["args"]
+    default = args.index("default")
+    assert args[default - 1 : default + 2] == ["--user", "default", "off"]
+    assert ">$(VISEARCH_REDIS_PASSWORD)" in args and "-@admin" in args
+    assert {"secretRef": {"name": "visearch-redis"}} in redis["envFrom"]
+    assert "--appendfsync" in args
+    for service in ("gateway", "indexer"):
+        container = visearch_container(find(docs, WORKLOAD_KINDS[service], service))
+        url = urlsplit(redis_url_from_env(container_env(docs, container)))
+        secret = find(docs, "Secret", "visearch-redis")["stringData"]
+        assert (url.username, url.password) == (
+            secret["VISEARCH_REDIS_USERNAME"],
+            secret["VISEARCH_REDIS_PASSWORD"],
+        ), service
+
+
+def test_the_gateway_requires_api_keys_with_an_optional_bootstrap_secret():
+    docs = base_resources()
+    gateway = visearch_container(find(docs, "Deployment", "gateway"))
+    env = {item["name"]: item for item in gateway["env"]}
+    assert env["VISEARCH_AUTH"]["value"] == "required"
+    ref = env["VISEARCH_BOOTSTRAP_API_KEY"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": "visearch-api-key", "key": "VISEARCH_API_KEY", "optional": True}
+    # No known admin key ships with the manifests.
+    assert not [d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == ref["name"]]

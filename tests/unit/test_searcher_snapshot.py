@@ -72,6 +72,10 @@ def test_recovered_shard_serves_the_snapshot_searcher_without_training():
         assert restarted.search("c", vector, 1)[0][0][0].id == image_id
 
 
+# The re-ordering dataset among the searcher's files (int8 codes: REORDER_TYPE).
+DATASET = "int8_dataset.npy"
+
+
 @pytest.mark.parametrize(
     "damage", ["garbage", "truncated", "wrong-vectors", "missing-file", "extra-file"]
 )
@@ -84,14 +88,14 @@ def test_damaged_serialized_searcher_falls_back_to_a_rebuild(damage):
     files = dict(saved.searcher.files)
     sha256 = dict(saved.searcher.sha256)
     if damage == "garbage":  # caught by the digest
-        files["dataset.npy"] = b"damaged"
+        files[DATASET] = b"damaged"
     elif damage == "truncated":  # digest matches (rewritten): caught by the .npy check
-        files["dataset.npy"] = files["dataset.npy"][:-64]
+        files[DATASET] = files[DATASET][:-64]
         sha256 = digests(files)
     elif damage == "wrong-vectors":  # well-formed: caught by the self-search check
-        header_end = files["dataset.npy"].index(b"\n") + 1
-        body = np.frombuffer(files["dataset.npy"][header_end:], dtype=np.float32)
-        files["dataset.npy"] = files["dataset.npy"][:header_end] + (-body).tobytes()
+        header_end = files[DATASET].index(b"\n") + 1
+        body = np.frombuffer(files[DATASET][header_end:], dtype=np.int8)
+        files[DATASET] = files[DATASET][:header_end] + (-body).tobytes()
         sha256 = digests(files)
     elif damage == "missing-file":
         del files["scann_assets.pbtxt"]

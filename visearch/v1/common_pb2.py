@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18visearch/v1/common.proto\x12\x0bvisearch.v1\"7\n\x05Image\x12\x0e\n\x04\x64\x61ta\x18\x01 \x01(\x0cH\x00\x12\x14\n\nobject_key\x18\x02 \x01(\tH\x00\x42\x08\n\x06source\"\x1c\n\x06Vector\x12\x12\n\x06values\x18\x01 \x03(\x02\x42\x02\x10\x01\"\xe4\x01\n\rLocalFeatures\x12\x14\n\x0c\x66\x65\x61ture_type\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\x12\x0c\n\x04\x64ims\x18\x03 \x01(\x05\x12\x11\n\tkeypoints\x18\x04 \x01(\x0c\x12\x0e\n\x06scores\x18\x05 \x01(\x0c\x12\x13\n\x0b\x64\x65scriptors\x18\x06 \x01(\x0c\x12\x13\n\x0bimage_width\x18\x07 \x01(\x05\x12\x14\n\x0cimage_height\x18\x08 \x01(\x05\x12\x13\n\x0bgroup_sizes\x18\x1e \x03(\x05\x12\x11\n\trotations\x18\x1f \x03(\x02\x12\x15\n\rmodel_version\x18  \x01(\t\"\x8f\x01\n\x0cItemMetadata\x12\r\n\x05label\x18\x01 \x01(\t\x12=\n\nattributes\x18\x02 \x03(\x0b\x32).visearch.v1.ItemMetadata.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x83\x01\n\x06\x46ilter\x12\r\n\x05label\x18\x01 \x01(\t\x12\x37\n\nattributes\x18\x02 \x03(\x0b\x32#.visearch.v1.Filter.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"e\n\x0bIndexParams\x12\x17\n\x0f\x65xact_threshold\x18\x01 \x01(\x05\x12\x12\n\nnum_leaves\x18\x02 \x01(\x05\x12\x18\n\x10leaves_to_search\x18\x03 \x01(\x05\x12\x0f\n\x07reorder\x18\x04 \x01(\x05*s\n\nRerankMode\x12\x1b\n\x17RERANK_MODE_UNSPECIFIED\x10\x00\x12\x14\n\x10RERANK_MODE_NONE\x10\x01\x12\x19\n\x15RERANK_MODE_GEOMETRIC\x10\x02\x12\x17\n\x13RERANK_MODE_TEXTURE\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18visearch/v1/common.proto\x12\x0bvisearch.v1\"7\n\x05Image\x12\x0e\n\x04\x64\x61ta\x18\x01 \x01(\x0cH\x00\x12\x14\n\nobject_key\x18\x02 \x01(\tH\x00\x42\x08\n\x06source\",\n\x06Vector\x12\x12\n\x06values\x18\x01 \x03(\x02\x42\x02\x10\x01\x12\x0e\n\x06packed\x18\x02 \x01(\x0c\"\xe4\x01\n\rLocalFeatures\x12\x14\n\x0c\x66\x65\x61ture_type\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\x12\x0c\n\x04\x64ims\x18\x03 \x01(\x05\x12\x11\n\tkeypoints\x18\x04 \x01(\x0c\x12\x0e\n\x06scores\x18\x05 \x01(\x0c\x12\x13\n\x0b\x64\x65scriptors\x18\x06 \x01(\x0c\x12\x13\n\x0bimage_width\x18\x07 \x01(\x05\x12\x14\n\x0cimage_height\x18\x08 \x01(\x05\x12\x13\n\x0bgroup_sizes\x18\x1e \x03(\x05\x12\x11\n\trotations\x18\x1f \x03(\x02\x12\x15\n\rmodel_version\x18  \x01(\t\"\x8f\x01\n\x0cItemMetadata\x12\r\n\x05label\x18\x01 \x01(\t\x12=\n\nattributes\x18\x02 \x03(\x0b\x32).visearch.v1.ItemMetadata.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x83\x01\n\x06\x46ilter\x12\r\n\x05label\x18\x01 \x01(\t\x12\x37\n\nattributes\x18\x02 \x03(\x0b\x32#.visearch.v1.Filter.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"e\n\x0bIndexParams\x12\x17\n\x0f\x65xact_threshold\x18\x01 \x01(\x05\x12\x12\n\nnum_leaves\x18\x02 \x01(\x05\x12\x18\n\x10leaves_to_search\x18\x03 \x01(\x05\x12\x0f\n\x07reorder\x18\x04 \x01(\x05*s\n\nRerankMode\x12\x1b\n\x17RERANK_MODE_UNSPECIFIED\x10\x00\x12\x14\n\x10RERANK_MODE_NONE\x10\x01\x12\x19\n\x15RERANK_MODE_GEOMETRIC\x10\x02\x12\x17\n\x13RERANK_MODE_TEXTURE\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,22 +37,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ITEMMETADATA_ATTRIBUTESENTRY']._serialized_options = b'8\001'
   _globals['_FILTER_ATTRIBUTESENTRY']._loaded_options = None
   _globals['_FILTER_ATTRIBUTESENTRY']._serialized_options = b'8\001'
-  _globals['_RERANKMODE']._serialized_start=742
-  _globals['_RERANKMODE']._serialized_end=857
+  _globals['_RERANKMODE']._serialized_start=758
+  _globals['_RERANKMODE']._serialized_end=873
   _globals['_IMAGE']._serialized_start=41
   _globals['_IMAGE']._serialized_end=96
   _globals['_VECTOR']._serialized_start=98
-  _globals['_VECTOR']._serialized_end=126
-  _globals['_LOCALFEATURES']._serialized_start=129
-  _globals['_LOCALFEATURES']._serialized_end=357
-  _globals['_ITEMMETADATA']._serialized_start=360
-  _globals['_ITEMMETADATA']._serialized_end=503
-  _globals['_ITEMMETADATA_ATTRIBUTESENTRY']._serialized_start=454
-  _globals['_ITEMMETADATA_ATTRIBUTESENTRY']._serialized_end=503
-  _globals['_FILTER']._serialized_start=506
-  _globals['_FILTER']._serialized_end=637
-  _globals['_FILTER_ATTRIBUTESENTRY']._serialized_start=454
-  _globals['_FILTER_ATTRIBUTESENTRY']._serialized_end=503
-  _globals['_INDEXPARAMS']._serialized_start=639
-  _globals['_INDEXPARAMS']._serialized_end=740
+  _globals['_VECTOR']._serialized_end=142
+  _globals['_LOCALFEATURES']._serialized_start=145
+  _globals['_LOCALFEATURES']._serialized_end=373
+  _globals['_ITEMMETADATA']._serialized_start=376
+  _globals['_ITEMMETADATA']._serialized_end=519
+  _globals['_ITEMMETADATA_ATTRIBUTESENTRY']._serialized_start=470
+  _globals['_ITEMMETADATA_ATTRIBUTESENTRY']._serialized_end=519
+  _globals['_FILTER']._serialized_start=522
+  _globals['_FILTER']._serialized_end=653
+  _globals['_FILTER_ATTRIBUTESENTRY']._serialized_start=470
+  _globals['_FILTER_ATTRIBUTESENTRY']._serialized_end=519
+  _globals['_INDEXPARAMS']._serialized_start=655
+  _globals['_INDEXPARAMS']._serialized_end=756
 # @@protoc_insertion_point(module_scope)

@@ -27,10 +27,12 @@ class Image(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., object_key: _Optional[str] = ...) -> None: ...
 
 class Vector(_message.Message):
-    __slots__ = ("values",)
+    __slots__ = ("values", "packed")
     VALUES_FIELD_NUMBER: _ClassVar[int]
+    PACKED_FIELD_NUMBER: _ClassVar[int]
     values: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, values: _Optional[_Iterable[float]] = ...) -> None: ...
+    packed: bytes
+    def __init__(self, values: _Optional[_Iterable[float]] = ..., packed: _Optional[bytes] = ...) -> None: ...
 
 class LocalFeatures(_message.Message):
     __slots__ = ("feature_type", "count", "dims", "keypoints", "scores", "descriptors", "image_width", "image_height", "group_sizes", "rotations", "model_version")

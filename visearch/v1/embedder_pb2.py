@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from visearch.v1 import common_pb2 as visearch_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1avisearch/v1/embedder.proto\x12\x0bvisearch.v1\x1a\x18visearch/v1/common.proto\"\'\n\x15\x45xtractTextureRequest\x12\x0e\n\x06images\x18\x01 \x03(\x0c\"W\n\x16\x45xtractTextureResponse\x12\'\n\nhistograms\x18\x01 \x03(\x0b\x32\x13.visearch.v1.Vector\x12\x14\n\x0ctexture_type\x18\x02 \x01(\t\";\n\x12\x45mbedGlobalRequest\x12\x0e\n\x06images\x18\x01 \x03(\x0c\x12\x15\n\rmodel_version\x18\x32 \x01(\t\"c\n\x13\x45mbedGlobalResponse\x12\'\n\nembeddings\x18\x01 \x03(\x0b\x32\x13.visearch.v1.Vector\x12\x0c\n\x04\x64ims\x18\x02 \x01(\x05\x12\x15\n\rmodel_version\x18\x03 \x01(\t\"d\n\x13\x45xtractLocalRequest\x12\x0e\n\x06images\x18\x01 \x03(\x0c\x12\x14\n\x0c\x66\x65\x61ture_type\x18\x02 \x01(\t\x12\x14\n\x0cmax_features\x18\x03 \x01(\x05\x12\x11\n\trotations\x18\x1e \x03(\x02\"D\n\x14\x45xtractLocalResponse\x12,\n\x08\x66\x65\x61tures\x18\x01 \x03(\x0b\x32\x1a.visearch.v1.LocalFeatures\"\x16\n\x14\x45mbedderStatsRequest\"\x8d\x02\n\x15\x45mbedderStatsResponse\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x0c\n\x04\x64ims\x18\x02 \x01(\x05\x12\x11\n\tproviders\x18\x03 \x03(\t\x12\x17\n\x0fimages_embedded\x18\x04 \x01(\x03\x12\x17\n\x0floaded_versions\x18\x32 \x03(\t\x12R\n\x11images_by_version\x18\x33 \x03(\x0b\x32\x37.visearch.v1.EmbedderStatsResponse.ImagesByVersionEntry\x1a\x36\n\x14ImagesByVersionEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x32\xdc\x02\n\x08\x45mbedder\x12P\n\x0b\x45mbedGlobal\x12\x1f.visearch.v1.EmbedGlobalRequest\x1a .visearch.v1.EmbedGlobalResponse\x12S\n\x0c\x45xtractLocal\x12 .visearch.v1.ExtractLocalRequest\x1a!.visearch.v1.ExtractLocalResponse\x12N\n\x05Stats\x12!.visearch.v1.EmbedderStatsRequest\x1a\".visearch.v1.EmbedderStatsResponse\x12Y\n\x0e\x45xtractTexture\x12\".visearch.v1.ExtractTextureRequest\x1a#.visearch.v1.ExtractTextureResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1avisearch/v1/embedder.proto\x12\x0bvisearch.v1\x1a\x18visearch/v1/common.proto\"t\n\x0e\x45xtractRequest\x12\x0e\n\x06images\x18\x01 \x03(\x0c\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x14\n\x0c\x66\x65\x61ture_type\x18\x03 \x01(\t\x12\x14\n\x0cmax_features\x18\x04 \x01(\x05\x12\x0f\n\x07texture\x18\x05 \x01(\x08\"\xcc\x01\n\x0f\x45xtractResponse\x12\'\n\nembeddings\x18\x01 \x03(\x0b\x32\x13.visearch.v1.Vector\x12\x0c\n\x04\x64ims\x18\x02 \x01(\x05\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12,\n\x08\x66\x65\x61tures\x18\x04 \x03(\x0b\x32\x1a.visearch.v1.LocalFeatures\x12\'\n\nhistograms\x18\x05 \x03(\x0b\x32\x13.visearch.v1.Vector\x12\x14\n\x0ctexture_type\x18\x06 \x01(\t\"\'\n\x15\x45xtractTextureRequest\x12\x0e\n\x06images\x18\x01 \x03(\x0c\"W\n\x16\x45xtractTextureResponse\x12\'\n\nhistograms\x18\x01 \x03(\x0b\x32\x13.visearch.v1.Vector\x12\x14\n\x0ctexture_type\x18\x02 \x01(\t\";\n\x12\x45mbedGlobalRequest\x12\x0e\n\x06images\x18\x01 \x03(\x0c\x12\x15\n\rmodel_version\x18\x32 \x01(\t\"c\n\x13\x45mbedGlobalResponse\x12\'\n\nembeddings\x18\x01 \x03(\x0b\x32\x13.visearch.v1.Vector\x12\x0c\n\x04\x64ims\x18\x02 \x01(\x05\x12\x15\n\rmodel_version\x18\x03 \x01(\t\"d\n\x13\x45xtractLocalRequest\x12\x0e\n\x06images\x18\x01 \x03(\x0c\x12\x14\n\x0c\x66\x65\x61ture_type\x18\x02 \x01(\t\x12\x14\n\x0cmax_features\x18\x03 \x01(\x05\x12\x11\n\trotations\x18\x1e \x03(\x02\"D\n\x14\x45xtractLocalResponse\x12,\n\x08\x66\x65\x61tures\x18\x01 \x03(\x0b\x32\x1a.visearch.v1.LocalFeatures\"\x16\n\x14\x45mbedderStatsRequest\"\x8d\x02\n\x15\x45mbedderStatsResponse\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x0c\n\x04\x64ims\x18\x02 \x01(\x05\x12\x11\n\tproviders\x18\x03 \x03(\t\x12\x17\n\x0fimages_embedded\x18\x04 \x01(\x03\x12\x17\n\x0floaded_versions\x18\x32 \x03(\t\x12R\n\x11images_by_version\x18\x33 \x03(\x0b\x32\x37.visearch.v1.EmbedderStatsResponse.ImagesByVersionEntry\x1a\x36\n\x14ImagesByVersionEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x32\xa2\x03\n\x08\x45mbedder\x12P\n\x0b\x45mbedGlobal\x12\x1f.visearch.v1.EmbedGlobalRequest\x1a .visearch.v1.EmbedGlobalResponse\x12S\n\x0c\x45xtractLocal\x12 .visearch.v1.ExtractLocalRequest\x1a!.visearch.v1.ExtractLocalResponse\x12N\n\x05Stats\x12!.visearch.v1.EmbedderStatsRequest\x1a\".visearch.v1.EmbedderStatsResponse\x12Y\n\x0e\x45xtractTexture\x12\".visearch.v1.ExtractTextureRequest\x1a#.visearch.v1.ExtractTextureResponse\x12\x44\n\x07\x45xtract\x12\x1b.visearch.v1.ExtractRequest\x1a\x1c.visearch.v1.ExtractResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,24 +34,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_EMBEDDERSTATSRESPONSE_IMAGESBYVERSIONENTRY']._loaded_options = None
   _globals['_EMBEDDERSTATSRESPONSE_IMAGESBYVERSIONENTRY']._serialized_options = b'8\001'
-  _globals['_EXTRACTTEXTUREREQUEST']._serialized_start=69
-  _globals['_EXTRACTTEXTUREREQUEST']._serialized_end=108
-  _globals['_EXTRACTTEXTURERESPONSE']._serialized_start=110
-  _globals['_EXTRACTTEXTURERESPONSE']._serialized_end=197
-  _globals['_EMBEDGLOBALREQUEST']._serialized_start=199
-  _globals['_EMBEDGLOBALREQUEST']._serialized_end=258
-  _globals['_EMBEDGLOBALRESPONSE']._serialized_start=260
-  _globals['_EMBEDGLOBALRESPONSE']._serialized_end=359
-  _globals['_EXTRACTLOCALREQUEST']._serialized_start=361
-  _globals['_EXTRACTLOCALREQUEST']._serialized_end=461
-  _globals['_EXTRACTLOCALRESPONSE']._serialized_start=463
-  _globals['_EXTRACTLOCALRESPONSE']._serialized_end=531
-  _globals['_EMBEDDERSTATSREQUEST']._serialized_start=533
-  _globals['_EMBEDDERSTATSREQUEST']._serialized_end=555
-  _globals['_EMBEDDERSTATSRESPONSE']._serialized_start=558
-  _globals['_EMBEDDERSTATSRESPONSE']._serialized_end=827
-  _globals['_EMBEDDERSTATSRESPONSE_IMAGESBYVERSIONENTRY']._serialized_start=773
-  _globals['_EMBEDDERSTATSRESPONSE_IMAGESBYVERSIONENTRY']._serialized_end=827
-  _globals['_EMBEDDER']._serialized_start=830
-  _globals['_EMBEDDER']._serialized_end=1178
+  _globals['_EXTRACTREQUEST']._serialized_start=69
+  _globals['_EXTRACTREQUEST']._serialized_end=185
+  _globals['_EXTRACTRESPONSE']._serialized_start=188
+  _globals['_EXTRACTRESPONSE']._serialized_end=392
+  _globals['_EXTRACTTEXTUREREQUEST']._serialized_start=394
+  _globals['_EXTRACTTEXTUREREQUEST']._serialized_end=433
+  _globals['_EXTRACTTEXTURERESPONSE']._serialized_start=435
+  _globals['_EXTRACTTEXTURERESPONSE']._serialized_end=522
+  _globals['_EMBEDGLOBALREQUEST']._serialized_start=524
+  _globals['_EMBEDGLOBALREQUEST']._serialized_end=583
+  _globals['_EMBEDGLOBALRESPONSE']._serialized_start=585
+  _globals['_EMBEDGLOBALRESPONSE']._serialized_end=684
+  _globals['_EXTRACTLOCALREQUEST']._serialized_start=686
+  _globals['_EXTRACTLOCALREQUEST']._serialized_end=786
+  _globals['_EXTRACTLOCALRESPONSE']._serialized_start=788
+  _globals['_EXTRACTLOCALRESPONSE']._serialized_end=856
+  _globals['_EMBEDDERSTATSREQUEST']._serialized_start=858
+  _globals['_EMBEDDERSTATSREQUEST']._serialized_end=880
+  _globals['_EMBEDDERSTATSRESPONSE']._serialized_start=883
+  _globals['_EMBEDDERSTATSRESPONSE']._serialized_end=1152
+  _globals['_EMBEDDERSTATSRESPONSE_IMAGESBYVERSIONENTRY']._serialized_start=1098
+  _globals['_EMBEDDERSTATSRESPONSE_IMAGESBYVERSIONENTRY']._serialized_end=1152
+  _globals['_EMBEDDER']._serialized_start=1155
+  _globals['_EMBEDDER']._serialized_end=1573
 # @@protoc_insertion_point(module_scope)

@@ -7,6 +7,36 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ExtractRequest(_message.Message):
+    __slots__ = ("images", "model_version", "feature_type", "max_features", "texture")
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    MAX_FEATURES_FIELD_NUMBER: _ClassVar[int]
+    TEXTURE_FIELD_NUMBER: _ClassVar[int]
+    images: _containers.RepeatedScalarFieldContainer[bytes]
+    model_version: str
+    feature_type: str
+    max_features: int
+    texture: bool
+    def __init__(self, images: _Optional[_Iterable[bytes]] = ..., model_version: _Optional[str] = ..., feature_type: _Optional[str] = ..., max_features: _Optional[int] = ..., texture: _Optional[bool] = ...) -> None: ...
+
+class ExtractResponse(_message.Message):
+    __slots__ = ("embeddings", "dims", "model_version", "features", "histograms", "texture_type")
+    EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
+    DIMS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    HISTOGRAMS_FIELD_NUMBER: _ClassVar[int]
+    TEXTURE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    embeddings: _containers.RepeatedCompositeFieldContainer[_common_pb2.Vector]
+    dims: int
+    model_version: str
+    features: _containers.RepeatedCompositeFieldContainer[_common_pb2.LocalFeatures]
+    histograms: _containers.RepeatedCompositeFieldContainer[_common_pb2.Vector]
+    texture_type: str
+    def __init__(self, embeddings: _Optional[_Iterable[_Union[_common_pb2.Vector, _Mapping]]] = ..., dims: _Optional[int] = ..., model_version: _Optional[str] = ..., features: _Optional[_Iterable[_Union[_common_pb2.LocalFeatures, _Mapping]]] = ..., histograms: _Optional[_Iterable[_Union[_common_pb2.Vector, _Mapping]]] = ..., texture_type: _Optional[str] = ...) -> None: ...
+
 class ExtractTextureRequest(_message.Message):
     __slots__ = ("images",)
     IMAGES_FIELD_NUMBER: _ClassVar[int]

@@ -55,6 +55,11 @@ class EmbedderStub:
                 request_serializer=visearch_dot_v1_dot_embedder__pb2.ExtractTextureRequest.SerializeToString,
                 response_deserializer=visearch_dot_v1_dot_embedder__pb2.ExtractTextureResponse.FromString,
                 _registered_method=True)
+        self.Extract = channel.unary_unary(
+                '/visearch.v1.Embedder/Extract',
+                request_serializer=visearch_dot_v1_dot_embedder__pb2.ExtractRequest.SerializeToString,
+                response_deserializer=visearch_dot_v1_dot_embedder__pb2.ExtractResponse.FromString,
+                _registered_method=True)
 
 
 class EmbedderServicer:
@@ -88,6 +93,14 @@ class EmbedderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Extract(self, request, context):
+        """Everything an ingest needs, each image decoded once: the global embedding, local
+        features and (when asked) the texture histogram, in request order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EmbedderServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -110,6 +123,11 @@ def add_EmbedderServicer_to_server(servicer, server):
                     servicer.ExtractTexture,
                     request_deserializer=visearch_dot_v1_dot_embedder__pb2.ExtractTextureRequest.FromString,
                     response_serializer=visearch_dot_v1_dot_embedder__pb2.ExtractTextureResponse.SerializeToString,
+            ),
+            'Extract': grpc.unary_unary_rpc_method_handler(
+                    servicer.Extract,
+                    request_deserializer=visearch_dot_v1_dot_embedder__pb2.ExtractRequest.FromString,
+                    response_serializer=visearch_dot_v1_dot_embedder__pb2.ExtractResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -221,6 +239,33 @@ class Embedder:
             '/visearch.v1.Embedder/ExtractTexture',
             visearch_dot_v1_dot_embedder__pb2.ExtractTextureRequest.SerializeToString,
             visearch_dot_v1_dot_embedder__pb2.ExtractTextureResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Extract(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/visearch.v1.Embedder/Extract',
+            visearch_dot_v1_dot_embedder__pb2.ExtractRequest.SerializeToString,
+            visearch_dot_v1_dot_embedder__pb2.ExtractResponse.FromString,
             options,
             channel_credentials,
             insecure,

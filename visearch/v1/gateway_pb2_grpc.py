@@ -90,6 +90,21 @@ class GatewayStub:
                 request_serializer=visearch_dot_v1_dot_gateway__pb2.AugmentDatabaseRequest.SerializeToString,
                 response_deserializer=visearch_dot_v1_dot_gateway__pb2.AugmentDatabaseProgress.FromString,
                 _registered_method=True)
+        self.CreateApiKey = channel.unary_unary(
+                '/visearch.v1.Gateway/CreateApiKey',
+                request_serializer=visearch_dot_v1_dot_gateway__pb2.CreateApiKeyRequest.SerializeToString,
+                response_deserializer=visearch_dot_v1_dot_gateway__pb2.CreatedApiKey.FromString,
+                _registered_method=True)
+        self.ListApiKeys = channel.unary_unary(
+                '/visearch.v1.Gateway/ListApiKeys',
+                request_serializer=visearch_dot_v1_dot_gateway__pb2.ListApiKeysRequest.SerializeToString,
+                response_deserializer=visearch_dot_v1_dot_gateway__pb2.ListApiKeysResponse.FromString,
+                _registered_method=True)
+        self.RevokeApiKey = channel.unary_unary(
+                '/visearch.v1.Gateway/RevokeApiKey',
+                request_serializer=visearch_dot_v1_dot_gateway__pb2.RevokeApiKeyRequest.SerializeToString,
+                response_deserializer=visearch_dot_v1_dot_gateway__pb2.ApiKey.FromString,
+                _registered_method=True)
 
 
 class GatewayServicer:
@@ -171,6 +186,27 @@ class GatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateApiKey(self, request, context):
+        """API keys (these three need admin:*). The gateway stores only the SHA-256 of a key's
+        secret: the key itself is returned once, by CreateApiKey.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListApiKeys(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeApiKey(self, request, context):
+        """A revoked key is refused from the next call on; its record stays listed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -228,6 +264,21 @@ def add_GatewayServicer_to_server(servicer, server):
                     servicer.AugmentDatabase,
                     request_deserializer=visearch_dot_v1_dot_gateway__pb2.AugmentDatabaseRequest.FromString,
                     response_serializer=visearch_dot_v1_dot_gateway__pb2.AugmentDatabaseProgress.SerializeToString,
+            ),
+            'CreateApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateApiKey,
+                    request_deserializer=visearch_dot_v1_dot_gateway__pb2.CreateApiKeyRequest.FromString,
+                    response_serializer=visearch_dot_v1_dot_gateway__pb2.CreatedApiKey.SerializeToString,
+            ),
+            'ListApiKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListApiKeys,
+                    request_deserializer=visearch_dot_v1_dot_gateway__pb2.ListApiKeysRequest.FromString,
+                    response_serializer=visearch_dot_v1_dot_gateway__pb2.ListApiKeysResponse.SerializeToString,
+            ),
+            'RevokeApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeApiKey,
+                    request_deserializer=visearch_dot_v1_dot_gateway__pb2.RevokeApiKeyRequest.FromString,
+                    response_serializer=visearch_dot_v1_dot_gateway__pb2.ApiKey.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -528,6 +579,87 @@ class Gateway:
             '/visearch.v1.Gateway/AugmentDatabase',
             visearch_dot_v1_dot_gateway__pb2.AugmentDatabaseRequest.SerializeToString,
             visearch_dot_v1_dot_gateway__pb2.AugmentDatabaseProgress.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/visearch.v1.Gateway/CreateApiKey',
+            visearch_dot_v1_dot_gateway__pb2.CreateApiKeyRequest.SerializeToString,
+            visearch_dot_v1_dot_gateway__pb2.CreatedApiKey.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListApiKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/visearch.v1.Gateway/ListApiKeys',
+            visearch_dot_v1_dot_gateway__pb2.ListApiKeysRequest.SerializeToString,
+            visearch_dot_v1_dot_gateway__pb2.ListApiKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/visearch.v1.Gateway/RevokeApiKey',
+            visearch_dot_v1_dot_gateway__pb2.RevokeApiKeyRequest.SerializeToString,
+            visearch_dot_v1_dot_gateway__pb2.ApiKey.FromString,
             options,
             channel_credentials,
             insecure,

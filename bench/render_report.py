@@ -384,6 +384,90 @@ def backbones_section(name: str, report: dict) -> list[str]:
     return lines + [""]
 
 
+def search_latency_section(report: dict) -> list[str]:
+    raw, none, geo = report["raw_embedding"], report["none"], report["geometric"]
+    ratios, targets = report["ratios"], report["ratios"]["targets"]
+    verifier = report["verifier_ms_per_candidate"]
+    in_process = report["verifier_in_process"]
+    stages = "; ".join(
+        f"{mode}: " + ", ".join(f"{k} {v}" for k, v in report[mode]["stages_mean_ms"].items())
+        for mode in ("none", "geometric")
+    )
+    return [
+        "## Single-client search latency vs one raw embedding (`bench/search_latency.py`)",
+        "",
+        f"{report['images']} images ({report['dataset']}), {report['queries']} queries, "
+        f"k = {report['k']}, re-rank depth {report['rerank_depth']}, one client through a local "
+        f"stack on {report['machine']['cpus']} cores (load {report['load_average_before'][0]}). "
+        "Raw: decode + resize/normalise + model in the benchmark's process, same images, "
+        "same run.",
+        "",
+        "| measure | p50 ms | p99 ms | ratio | target |",
+        "|---|---:|---:|---:|---:|",
+        f"| raw embedding | {raw['p50_ms']} | {raw['p99_ms']} | | |",
+        f"| `none` search | {none['p50_ms']} | {none['p99_ms']} | "
+        f"{ratios['none_over_raw_p50']}x raw | <= {targets['none_over_raw_p50']}x |",
+        f"| `geometric` search | {geo['p50_ms']} | {geo['p99_ms']} | "
+        f"{ratios['geometric_over_none_p50']}x `none` | <= {targets['geometric_over_none_p50']}x |",
+        f"| verifier per candidate | {verifier['p50_ms']} | {verifier['p99_ms']} | | "
+        f"<= {targets['verifier_ms_per_candidate_p50']} ms |",
+        "",
+        f"Mean stage times (ms) — {stages}. In process, batched matching costs "
+        f"{in_process['batched_ms_per_candidate']} ms per candidate against "
+        f"{in_process['pairwise_ms_per_candidate']} ms one pair at a time "
+        f"({in_process['pairs_with_inlier_difference']} of {in_process['pairs']} pairs with a "
+        "different inlier count).",
+        "",
+    ]
+
+
+def index_concurrency_memory_section(report: dict) -> list[str]:
+    concurrency, memory = report["concurrency"], report["memory"]
+    per_image = report["bytes_per_image"]
+    lines = [
+        "## One shard: concurrent searches and memory (`bench/index_concurrency_memory.py`)",
+        "",
+        f"Searches/s on one shard of {concurrency['n']:,} x {concurrency['dims']} vectors, "
+        "the readers-writer lock against the old single lock (a global lock around the same "
+        f"code) in the same run, {concurrency['cores']} cores; ScaNN re-orders with "
+        f"{concurrency['reorder_type']} codes and re-scores its final candidates exactly "
+        f"(recall@10 {concurrency['scann_recall_at_10']['int8_reorder_exact_rescore']} vs "
+        f"{concurrency['scann_recall_at_10']['float32_reorder']} with float32 re-ordering).",
+        "",
+        "| index | threads | single lock q/s | readers-writer q/s | ratio |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for kind in ("exact", "scann"):
+        for row in concurrency[kind]:
+            lines.append(
+                f"| {kind} | {row['threads']} | {row['single_lock_qps']} | "
+                f"{row['rwlock_qps']} | {row['speedup']} |"
+            )
+    previous, current = memory["previous"], memory["current"]
+    lines += [
+        "",
+        f"Memory at {memory['n']:,} x {memory['dims']} (raw vectors "
+        f"{memory['raw_vector_bytes']:,} bytes), the previous commit's code against this one:",
+        "",
+        "| x raw vector bytes | previous | current | target |",
+        "|---|---:|---:|---:|",
+        f"| RSS after build | {previous['rss_after_build_x_raw']} | "
+        f"{current['rss_after_build_x_raw']} | |",
+        f"| recovery peak | {previous['recovery_peak_x_raw']} | "
+        f"{current['recovery_peak_x_raw']} | <= 2 |",
+        f"| after recovery | {previous['after_recovery_x_raw']} | "
+        f"{current['after_recovery_x_raw']} | |",
+        "",
+        f"Bytes per image: vector {per_image['vector_raw']} raw, "
+        f"{per_image['vector_in_shard_memory']} in shard memory, "
+        f"{per_image['vector_snapshot']} in the snapshot; metadata "
+        f"{per_image['metadata_img_hash']} (`img:*` hash) or {per_image['metadata_redis_total']} "
+        f"with its set entries; stored RootSIFT features {per_image['rootsift_features']:,.0f}.",
+        "",
+    ]
+    return lines
+
+
 def main() -> None:
     lines = [
         "# Benchmarks",
@@ -403,6 +487,8 @@ def main() -> None:
         ("embedder_providers.json", embedder_providers_section),
         ("embedder_service.json", embedder_service_section),
         ("ingest_pipeline.json", ingest_pipeline_section),
+        ("search_latency.json", search_latency_section),
+        ("index_concurrency_memory.json", index_concurrency_memory_section),
         ("local_features_eval.json", local_features_section),
         ("binary_codes.json", binary_codes_section),
         ("triplet_eval_ukbench.json", triplet_ukbench_section),

@@ -463,8 +463,12 @@ class GatewayCore:
                     texture_keys[0], histogram_to_bytes(textures.histograms[position])
                 )
 
-        for future in [self._blob_pool.submit(store_one, i) for i in range(len(images))]:
-            future.result()
+        try:
+            for future in [self._blob_pool.submit(store_one, i) for i in range(len(images))]:
+                future.result()
+        except BaseException:
+            self.ledger.unpin(digests)  # nothing to commit: the eraser may have them at once
+            raise
 
     # Search --------------------------------------------------------------
 

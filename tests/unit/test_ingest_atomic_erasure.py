@@ -211,3 +211,23 @@ def test_index_entries_without_metadata_never_shorten_an_answer(gateway):
         outcome = gateway.search(SearchQuery("c", image=query, k=k, rerank="none"), None)
         assert len(outcome.hits) == k and not outcome.partial
         assert not {h.id for h in outcome.hits} & set(stale)
+
+
+class FailingStore:
+    """An object store whose writes fail (the S3 server is down)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def put(self, key, data, content_type="application/octet-stream"):
+        raise UnavailableError("object store unreachable")
+
+
+def test_a_failed_blob_write_releases_its_pins(gateway):
+    object.__setattr__(gateway.services, "store", FailingStore(gateway.services.store))
+    with pytest.raises(UnavailableError):
+        gateway.ingest("c", items(2), create=True, timeout_s=None)
+    assert gateway.ledger._pins == {}
